@@ -1,0 +1,149 @@
+"""Command line: `pandapilot run ...` (the pilot) and `pandapilot demo` (a throw-away site)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+from pilot import __version__
+from pilot.config import PilotConfig, QueueConfig
+from pilot.errors import ExitCode
+
+log = logging.getLogger("pilot")
+
+
+def _add_run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--queue", "-q", required=True, help="the PanDA queue (site) name")
+    p.add_argument("--dispatcher", "-d", required=True,
+                   help="a job directory (embedded dispatcher) or the PanDA server URL (https://host:25443)")
+    p.add_argument("--dispatcher-api", choices=("v1", "legacy"), default="v1",
+                   help="PanDA server dialect: v1 (/api/v1/pilot) or legacy (/server/panda)")
+    p.add_argument("--queue-config", type=Path, help="YAML file with the queue's settings (schedconfig)")
+    p.add_argument("--workdir", type=Path, help="the pilot's work directory (default: ./pilot-<pid>)")
+    p.add_argument("--job-label", default="managed", help="prodSourceLabel to ask for (managed, user, test, ...)")
+    p.add_argument("--resource-type", help="SCORE, MCORE, ...")
+    p.add_argument("--computing-element", help="the CE / batch queue name")
+    p.add_argument("--max-jobs", type=int, default=0, help="stop after N jobs (0: no limit)")
+    p.add_argument("--lifetime", type=int, default=0, help="seconds this pilot may live (0: the queue's maxtime)")
+    p.add_argument("--max-no-job", type=int, default=3, help="stop after N consecutive 'no job' answers")
+    p.add_argument("--no-job-wait", type=float, default=60.0, help="seconds to wait after a 'no job' (doubles)")
+    p.add_argument("--max-failures", type=int, default=3, help="stop after K failed jobs in a row")
+    p.add_argument("--stop-file", type=Path, help="stop taking jobs once this file exists (default: <workdir>/STOP)")
+    p.add_argument("--heartbeat", type=float, help="seconds between heartbeats (default: the queue's, 1800)")
+    p.add_argument("--keep-workdirs", action="store_true", help="keep each job's work dir after its report")
+    p.add_argument("--pilot-id", default="", help="this pilot's identity (e.g. the batch job id)")
+    p.add_argument("--scheduler-id", default=os.environ.get("PANDA_SCHEDULER_ID", ""), help="factory identity")
+    p.add_argument("--harvester-id", default=os.environ.get("HARVESTER_ID"), help="Harvester instance id")
+    p.add_argument("--worker-id", default=os.environ.get("HARVESTER_WORKER_ID"), help="Harvester worker id")
+    tls = p.add_argument_group("PanDA server connection")
+    tls.add_argument("--cacert", help="CA bundle to verify the server")
+    tls.add_argument("--capath", default=os.environ.get("X509_CERT_DIR"), help="CA directory (X509_CERT_DIR)")
+    tls.add_argument("--cert", help="client certificate (PEM)")
+    tls.add_argument("--key", help="client key (PEM)")
+    tls.add_argument("--proxy", default=os.environ.get("X509_USER_PROXY"), help="X.509 proxy (X509_USER_PROXY)")
+    tls.add_argument("--token-file", help="file holding a bearer token")
+    tls.add_argument("--origin", help="the VO, sent with a token")
+    tls.add_argument("--request-timeout", type=float, default=60.0, help="seconds per request")
+    tls.add_argument("--retry-budget", type=float, default=600.0,
+                     help="seconds to keep retrying a request that fails in transport")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="pandapilot", description="A pilot agent for PanDA-style workload systems.")
+    top.add_argument("--version", action="version", version=f"pandapilot {__version__}")
+    top.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    sub = top.add_subparsers(dest="command", required=True)
+    _add_run_arguments(sub.add_parser("run", help="run jobs from a dispatcher"))
+    demo = sub.add_parser("demo", help="run a handful of jobs on a throw-away local site")
+    demo.add_argument("--dir", type=Path, help="where to build the site (default: a new temporary directory)")
+    return top
+
+
+def config_from_args(args: argparse.Namespace) -> PilotConfig:
+    workdir = (args.workdir or Path.cwd() / f"pilot-{os.getpid()}").absolute()
+    dispatcher = args.dispatcher
+    if not dispatcher.startswith(("http://", "https://")):
+        dispatcher = str(Path(dispatcher).absolute())
+    return PilotConfig(
+        queue=args.queue, dispatcher=dispatcher, workdir=workdir, queue_file=args.queue_config,
+        dispatcher_api=args.dispatcher_api, job_label=args.job_label, resource_type=args.resource_type,
+        computing_element=args.computing_element, max_jobs=args.max_jobs, lifetime=args.lifetime,
+        max_no_job=args.max_no_job, no_job_wait=args.no_job_wait, max_failures=args.max_failures,
+        stop_file=args.stop_file or workdir / "STOP", heartbeat=args.heartbeat, keep_workdirs=args.keep_workdirs,
+        pilot_id=args.pilot_id or f"{os.uname().nodename}:{os.getpid()}", scheduler_id=args.scheduler_id,
+        harvester_id=args.harvester_id, worker_id=args.worker_id, cacert=args.cacert, capath=args.capath,
+        cert=args.cert, key=args.key, proxy=args.proxy, token_file=args.token_file, origin=args.origin,
+        request_timeout=args.request_timeout, retry_budget=args.retry_budget,
+    )
+
+
+def run_pilot(config: PilotConfig) -> int:
+    """Set up the pilot's collaborators and run the loop; returns the exit code."""
+    from pilot.control import Control
+    from pilot.dispatcher import make_dispatcher
+    from pilot.dispatcher.base import DispatcherError
+    from pilot.jobrun import PilotContext
+    from pilot.loop import Pilot
+    from pilot.node import NodeInfo
+    from pilot.payload import become_subreaper
+    from sitemovers.registry import Registry
+
+    started = time.time()
+    control = Control()
+    control.install_signal_handlers()
+    try:
+        queue = QueueConfig.load(config.queue, config.queue_file)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return ExitCode.GENERAL
+    try:
+        config.workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        log.error("cannot create the work directory %s: %s", config.workdir, exc.strerror)
+        return ExitCode.MKDIR
+    if not become_subreaper():
+        log.warning("cannot become a child subreaper: payload processes are tracked by polling only")
+    lifetime = config.lifetime or queue.maxtime
+    try:
+        dispatcher = make_dispatcher(config)
+    except (OSError, ValueError, DispatcherError) as exc:
+        log.error("cannot set up the dispatcher %s: %s", config.dispatcher, exc)
+        return ExitCode.GENERAL
+    ctx = PilotContext(
+        config=config, queue=queue, node=NodeInfo.probe(config.workdir), dispatcher=dispatcher,
+        registry=Registry(), control=control, deadline=started + lifetime if lifetime else None,
+    )
+    log.info("pandapilot %s on %s, queue %s, dispatcher %s", __version__, ctx.node.host, queue.name,
+             config.dispatcher)
+    try:
+        code = Pilot(ctx).run()
+    finally:
+        dispatcher.close()
+        try:
+            config.workdir.rmdir()  # only when empty: job dirs left behind are kept for recovery
+        except OSError:
+            pass
+    log.info("pilot exits with code %d", code)
+    return code
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)-7s %(name)s | %(message)s")
+    try:
+        if args.command == "demo":
+            from pilot.demo import run_demo
+
+            return run_demo(args.dir)
+        return run_pilot(config_from_args(args))
+    except KeyboardInterrupt:
+        return 128 + 2
+    except Exception:  # the last line of defence: a traceback in the log and the documented code
+        log.exception("unexpected pilot failure")
+        return ExitCode.EXCEPTION

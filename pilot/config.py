@@ -1,0 +1,162 @@
+"""PilotConfig (how this pilot was launched) and QueueConfig (the site's settings for the queue).
+
+QueueConfig is schedconfig-like and read from YAML: either a mapping of settings, or
+`queues: {NAME: {settings}}` holding several queues. Unknown keys are kept in `extra` (with a warning),
+so a site file written for a newer pilot still loads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class QueueConfig:
+    name: str = "LOCAL"
+    # data movement
+    copytool: str = "local"
+    copytoolin: str = ""  # stage-in mover, overrides copytool
+    copysetup: str = ""  # a setup script sourced before a mover's commands
+    copysetupin: str = ""
+    copyprefix: str = ""  # "from^to" rewrites, comma-separated
+    copyprefixin: str = ""
+    se: str = ""  # the storage endpoint: URL or directory where files live
+    sepath: str = ""  # path under se for user (analysis) outputs
+    seprodpath: str = ""  # path under se for production outputs
+    setokens: str = ""
+    stagein_retries: int = 3
+    stageout_retries: int = 2
+    transfer_retry_wait: float = 10.0  # s between transfer attempts
+    maxinputsize: int = 0  # MB of inputs a job may bring in; 0: no limit
+    allowdirectaccess: bool = False
+    # the payload
+    setup: str = ""  # a shell snippet sourced before the payload (release setup)
+    corecount: int = 0  # cores per job if the job does not say
+    # multi-job loop and time
+    timefloor: int = 0  # minutes: start no new job after this; 0: no time floor
+    maxtime: int = 0  # s the pilot may live; 0: the command line decides
+    # limits checked while the payload runs (0 disables a check)
+    memory_grace: float = 2.0  # kill when the tree's PSS exceeds minRamCount x grace
+    maxrss: int = 0  # MB per core, when the job gives no minRamCount
+    maxwdir: int = 0  # MB the work dir may grow to, when the job gives no maxDiskCount
+    min_free_disk: int = 200  # MB that must stay free under the work dir
+    max_stdout: int = 2048  # MB of payload stdout
+    looping_limit_production: int = 12 * 3600  # s without a file change in the work dir
+    looping_limit_analysis: int = 3 * 3600
+    looping_limit_min: int = 2 * 3600
+    time_margin: int = 600  # s before the pilot's end at which a running payload is stopped
+    kill_grace: float = 30.0  # s between SIGTERM and SIGKILL
+    # how often each check runs (s)
+    memory_check_interval: float = 60.0
+    disk_check_interval: float = 300.0
+    looping_check_interval: float = 600.0
+    stdout_check_interval: float = 60.0
+    heartbeat: float = 1800.0
+    debug_heartbeat: float = 60.0  # after the server's "debug" command
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_mapping(cls, name: str, data: dict[str, Any]) -> QueueConfig:
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {"name": name}
+        extra: dict[str, Any] = {}
+        for key, raw in (data or {}).items():
+            spec = known.get(key)
+            if spec is None or key in ("name", "extra"):
+                extra[key] = raw
+                continue
+            values[key] = _coerce(key, raw, type(getattr(cls(), key)))
+        if extra:
+            log.warning("queue %s: settings not used by this pilot: %s", name, ", ".join(sorted(extra)))
+        return cls(extra=extra, **values)
+
+    @classmethod
+    def load(cls, name: str, path: Optional[Path]) -> QueueConfig:
+        """The named queue from a YAML file; defaults when there is no file."""
+        if path is None:
+            return cls(name=name)
+        import yaml  # only when a file is given: keeps start-up light
+
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ValueError(f"cannot read queue configuration {path}: {exc}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"queue configuration {path} is not a mapping")
+        if "queues" in data:
+            queues = data["queues"] or {}
+            if name not in queues:
+                raise ValueError(f"queue {name!r} not in {path} (has: {', '.join(sorted(queues))})")
+            data = queues[name]
+        return cls.from_mapping(name, data)
+
+    @property
+    def stagein_mover(self) -> str:
+        return self.copytoolin or self.copytool
+
+    def rewrites(self, direction: str) -> list[tuple[str, str]]:
+        spec = (self.copyprefixin if direction == "in" and self.copyprefixin else self.copyprefix) or ""
+        pairs = []
+        for item in spec.split(","):
+            if "^" in item:
+                old, new = item.split("^", 1)
+                pairs.append((old.strip(), new.strip()))
+        return pairs
+
+
+def _coerce(key: str, raw: Any, kind: type) -> Any:
+    try:
+        if kind is bool:
+            return raw if isinstance(raw, bool) else str(raw).strip().lower() in ("1", "true", "yes", "on")
+        if kind in (int, float):
+            return kind(raw)
+        return "" if raw is None else str(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"queue setting {key}={raw!r} is not a valid {kind.__name__}") from None
+
+
+@dataclass
+class PilotConfig:
+    """How this pilot was launched: command line (and environment)."""
+
+    queue: str
+    dispatcher: str  # a directory (embedded local dispatcher) or an http(s) URL
+    workdir: Path
+    queue_file: Optional[Path] = None
+    dispatcher_api: str = "v1"
+    job_label: str = "managed"  # prodSourceLabel asked for
+    resource_type: Optional[str] = None
+    computing_element: Optional[str] = None
+    max_jobs: int = 0  # 0: no limit
+    lifetime: int = 0  # s; 0: no limit (the queue's maxtime may set one)
+    max_no_job: int = 3  # consecutive "no job" answers before giving up
+    no_job_wait: float = 60.0  # s to wait after the first "no job", doubling each time
+    no_job_wait_max: float = 600.0
+    max_failures: int = 3  # failed jobs in a row before giving up
+    stop_file: Optional[Path] = None
+    heartbeat: Optional[float] = None  # overrides the queue's
+    keep_workdirs: bool = False
+    pilot_id: str = ""
+    scheduler_id: str = ""
+    harvester_id: Optional[str] = None
+    worker_id: Optional[str] = None
+    # PanDA server client
+    cacert: Optional[str] = None
+    capath: Optional[str] = None
+    cert: Optional[str] = None
+    key: Optional[str] = None
+    proxy: Optional[str] = None
+    token_file: Optional[str] = None
+    origin: Optional[str] = None
+    request_timeout: float = 60.0
+    retry_budget: float = 600.0
+
+    @property
+    def is_remote(self) -> bool:
+        return self.dispatcher.startswith(("http://", "https://"))

@@ -1,0 +1,272 @@
+"""Job and FileSpec: the dispatcher's flat job definition, parsed and validated.
+
+The definition is a dictionary of strings. Unset values arrive as "NULL" (or "null", or empty); file
+attributes are comma-separated lists matched by position. Names that come from the dispatcher are data,
+never paths: anything that could walk out of the work directory is refused here, before it touches the
+file system.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from pilot.errors import ErrorCode, PilotError
+from sitemovers.checksum import Checksum, ChecksumError
+
+NULLS = {"", "null", "none"}
+MAX_NAME = 255
+
+
+class JobDefinitionError(PilotError):
+    """The job definition cannot be run; `panda_id` is set when it was readable."""
+
+    def __init__(self, code: ErrorCode, diag: str, panda_id: Optional[int] = None, attempt_nr: int = 0):
+        super().__init__(code, diag)
+        self.panda_id = panda_id
+        self.attempt_nr = attempt_nr
+
+
+@dataclass
+class FileSpec:
+    lfn: str
+    kind: str  # input, output, log
+    guid: str = ""
+    fsize: Optional[int] = None
+    checksum: Optional[Checksum] = None
+    scope: str = ""
+    dataset: str = ""
+    ddm_endpoint: str = ""
+    token: str = ""  # prodDBlockToken (input) / destinationDBlockToken (output)
+    dispatch_dblock: str = ""
+
+    @property
+    def direct_access_forbidden(self) -> bool:
+        return self.token.lower() == "local"
+
+
+@dataclass
+class Job:
+    panda_id: int
+    attempt_nr: int
+    transformation: str
+    job_pars: str
+    inputs: list[FileSpec]
+    outputs: list[FileSpec]
+    log: FileSpec
+    task_id: int = 0
+    jobset_id: int = 0
+    job_definition_id: int = 0
+    prod_source_label: str = "managed"
+    prod_user_id: str = ""
+    processing_type: str = ""
+    home_package: str = ""
+    sw_release: str = ""
+    cmt_config: str = ""
+    core_count: int = 1
+    min_ram_count: int = 0  # MB
+    max_cpu_count: int = 0  # s
+    max_disk_count: int = 0  # MB
+    max_walltime: int = 0  # s
+    transfer_type: str = ""
+    destination_se: str = ""
+    resource_type: str = ""
+    container_name: str = ""
+    n_sent: int = 0
+    raw: dict[str, str] = field(default_factory=dict, repr=False)
+
+    @property
+    def is_analysis(self) -> bool:
+        """User (analysis) jobs download their transformation from a URL."""
+        return self.transformation.startswith(("http://", "https://")) or self.prod_source_label == "user"
+
+    @property
+    def all_outputs(self) -> list[FileSpec]:
+        return [*self.outputs, self.log]
+
+
+def value(raw: dict[str, Any], key: str) -> str:
+    """The field as a string, '' when unset (missing, None or NULL)."""
+    text = raw.get(key)
+    if text is None:
+        return ""
+    text = str(text).strip()
+    return "" if text.lower() in NULLS else text
+
+
+def check_name(name: str, what: str = "file name") -> str:
+    """Refuse a dispatcher-given name that could become a path or a shell/option surprise."""
+    bad = ""
+    if not name:
+        bad = "is empty"
+    elif len(name) > MAX_NAME:
+        bad = f"is longer than {MAX_NAME} characters"
+    elif "/" in name or "\\" in name:
+        bad = "contains a path separator"
+    elif name in (".", ".."):
+        bad = "is a relative directory"
+    elif any(not c.isprintable() for c in name):
+        bad = "contains a control character"
+    elif name.startswith("-"):
+        bad = "starts with '-'"
+    if bad:
+        raise PilotError(ErrorCode.BAD_FILE_NAME, f"{what} {name!r} {bad}")
+    return name
+
+
+def _int(raw: dict[str, Any], key: str, default: int = 0) -> int:
+    text = value(raw, key)
+    if not text:
+        return default
+    try:
+        return int(float(text)) if "." in text else int(text)
+    except ValueError:
+        raise PilotError(ErrorCode.CONVERSION_FAILURE, f"{key}={text!r} is not a number") from None
+
+
+def _list(raw: dict[str, Any], key: str) -> list[str]:
+    """A comma list; entries keep their positions ('' for NULL) so lists can be matched."""
+    text = value(raw, key)
+    if not text:
+        return []
+    return [value({"v": item}, "v") for item in text.split(",")]
+
+
+def _files(raw: dict[str, Any], kind: str, columns: dict[str, str]) -> list[FileSpec]:
+    """Build FileSpecs from parallel comma lists; `columns` maps FileSpec attribute -> job key."""
+    lists = {attr: _list(raw, key) for attr, key in columns.items()}
+    names = lists.pop("lfn")
+    keep = [i for i, name in enumerate(names) if name]  # empty and NULL entries are skipped
+    for attr, items in lists.items():
+        if items and len(items) != len(names):
+            raise PilotError(
+                ErrorCode.NOT_SAME_LENGTH,
+                f"{columns[attr]} has {len(items)} entries but {columns['lfn']} has {len(names)}",
+            )
+    specs = []
+    for i in keep:
+        spec = FileSpec(lfn=check_name(names[i]), kind=kind)
+        for attr, items in lists.items():
+            item = items[i] if items else ""
+            if not item:
+                continue
+            if attr == "fsize":
+                try:
+                    spec.fsize = int(item)
+                except ValueError:
+                    raise PilotError(ErrorCode.CONVERSION_FAILURE, f"size {item!r} of {spec.lfn} is not a number") from None
+                if spec.fsize < 0:
+                    raise PilotError(ErrorCode.CONVERSION_FAILURE, f"size of {spec.lfn} is negative")
+            elif attr == "checksum":
+                try:
+                    spec.checksum = Checksum.parse(item)
+                except ChecksumError as exc:
+                    raise PilotError(ErrorCode.UNKNOWN_CHECKSUM_TYPE, f"{spec.lfn}: {exc}") from None
+            else:
+                setattr(spec, attr, item)
+        specs.append(spec)
+    return specs
+
+
+INPUT_COLUMNS = {
+    "lfn": "inFiles",
+    "guid": "GUID",
+    "fsize": "fsize",
+    "checksum": "checksum",
+    "scope": "scopeIn",
+    "dispatch_dblock": "dispatchDblock",
+    "dataset": "realDatasetsIn",
+    "token": "prodDBlockToken",
+    "ddm_endpoint": "ddmEndPointIn",
+}
+OUTPUT_COLUMNS = {
+    "lfn": "outFiles",
+    "dataset": "realDatasets",
+    "scope": "scopeOut",
+    "ddm_endpoint": "ddmEndPointOut",
+    "token": "destinationDBlockToken",
+}
+
+
+def panda_id_of(raw: Any) -> Optional[int]:
+    """The job's PandaID if it can be read at all (to report a definition that is otherwise broken)."""
+    if not isinstance(raw, dict):
+        return None
+    text = value(raw, "PandaID")
+    return int(text) if text.isdigit() and int(text) > 0 else None
+
+
+def parse_job(raw: Any) -> Job:
+    """Validate a raw job definition. Raises JobDefinitionError with the code and a one-line diagnostic."""
+    panda_id = panda_id_of(raw)
+    if panda_id is None:
+        shown = value(raw, "PandaID") if isinstance(raw, dict) else type(raw).__name__
+        raise JobDefinitionError(ErrorCode.NOT_DEFINED, f"job definition has no valid PandaID ({shown!r})")
+    try:
+        attempt_nr = _int(raw, "attemptNr")
+    except PilotError:
+        attempt_nr = 0
+    try:
+        return _parse(raw, panda_id)
+    except PilotError as exc:
+        raise JobDefinitionError(exc.code, exc.diag, panda_id, attempt_nr) from None
+
+
+def _parse(raw: dict[str, Any], panda_id: int) -> Job:
+    transformation = value(raw, "transformation")
+    if not transformation:
+        raise PilotError(ErrorCode.NOT_DEFINED, "job definition has no transformation")
+    if any(not c.isprintable() for c in transformation):
+        raise PilotError(ErrorCode.CONVERSION_FAILURE, "transformation contains a control character")
+    inputs = _files(raw, "input", INPUT_COLUMNS)
+    outputs = _files(raw, "output", OUTPUT_COLUMNS)
+    log_name = value(raw, "logFile")
+    if log_name:
+        check_name(log_name, "log file name")
+        logs = [spec for spec in outputs if spec.lfn == log_name]
+        outputs = [spec for spec in outputs if spec.lfn != log_name]
+        log = logs[0] if logs else FileSpec(lfn=log_name, kind="log")
+    else:
+        log = FileSpec(lfn=f"{panda_id}.job.log.tgz", kind="log")
+    log.kind = "log"
+    log.guid = value(raw, "logGUID") or log.guid or str(uuid.uuid4())
+    log.scope = value(raw, "scopeLog") or log.scope
+    seen: set[str] = set()
+    for spec in [*inputs, *outputs, log]:
+        key = f"{spec.kind == 'input'}:{spec.lfn}"
+        if key in seen:
+            raise PilotError(ErrorCode.BAD_FILE_NAME, f"file {spec.lfn!r} is listed twice")
+        seen.add(key)
+    for spec in outputs:
+        spec.guid = spec.guid or str(uuid.uuid4())
+    core_count = _int(raw, "coreCount", 1)
+    return Job(
+        panda_id=panda_id,
+        attempt_nr=_int(raw, "attemptNr"),
+        transformation=transformation,
+        job_pars=value(raw, "jobPars"),
+        inputs=inputs,
+        outputs=outputs,
+        log=log,
+        task_id=_int(raw, "taskID"),
+        jobset_id=_int(raw, "jobsetID"),
+        job_definition_id=_int(raw, "jobDefinitionID"),
+        prod_source_label=value(raw, "prodSourceLabel") or "managed",
+        prod_user_id=value(raw, "prodUserID"),
+        processing_type=value(raw, "processingType"),
+        home_package=value(raw, "homepackage"),
+        sw_release=value(raw, "swRelease"),
+        cmt_config=value(raw, "cmtConfig"),
+        core_count=max(core_count, 1),
+        min_ram_count=_int(raw, "minRamCount"),
+        max_cpu_count=_int(raw, "maxCpuCount"),
+        max_disk_count=_int(raw, "maxDiskCount"),
+        max_walltime=_int(raw, "maxWalltime"),
+        transfer_type=value(raw, "transferType"),
+        destination_se=value(raw, "destinationSE"),
+        resource_type=value(raw, "resource_type"),
+        container_name=value(raw, "container_name"),
+        n_sent=_int(raw, "nSent"),
+        raw={str(k): str(v) for k, v in raw.items()},
+    )

@@ -1,0 +1,1 @@
+"""Data movement plugins: each moves one file and says what happened."""
