@@ -39,7 +39,7 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pilot-id", default="", help="this pilot's identity (e.g. the batch job id)")
     p.add_argument("--scheduler-id", default=os.environ.get("PANDA_SCHEDULER_ID", ""), help="factory identity")
     p.add_argument("--harvester-id", default=os.environ.get("HARVESTER_ID"), help="Harvester instance id")
-    p.add_argument("--worker-id", default=os.environ.get("HARVESTER_WORKER_ID"), help="Harvester worker id")
+    p.add_argument("--worker-id", type=int, default=os.environ.get("HARVESTER_WORKER_ID"), help="Harvester worker id")
     tls = p.add_argument_group("PanDA server connection")
     tls.add_argument("--cacert", help="CA bundle to verify the server")
     tls.add_argument("--capath", default=os.environ.get("X509_CERT_DIR"), help="CA directory (X509_CERT_DIR)")

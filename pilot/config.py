@@ -145,7 +145,7 @@ class PilotConfig:
     pilot_id: str = ""
     scheduler_id: str = ""
     harvester_id: Optional[str] = None
-    worker_id: Optional[str] = None
+    worker_id: Optional[int] = None
     # PanDA server client
     cacert: Optional[str] = None
     capath: Optional[str] = None

@@ -88,6 +88,7 @@ class Pilot:
                 log.info("pilot stops: %s", reason)
                 break
             asked = time.monotonic()
+            log.debug("asking %s for a job", ctx.dispatcher.name)
             try:
                 raw = ctx.dispatcher.get_job(self.request())
             except DispatcherError as exc:

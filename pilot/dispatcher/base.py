@@ -65,7 +65,7 @@ class JobRequest:
     resource_type: Optional[str] = None
     scheduler_id: Optional[str] = None
     harvester_id: Optional[str] = None
-    worker_id: Optional[str] = None
+    worker_id: Optional[int] = None
     remaining_time: Optional[int] = None  # seconds the pilot has left
     job_type: Optional[str] = None
     task_id: Optional[int] = None
