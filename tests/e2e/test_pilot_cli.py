@@ -9,6 +9,7 @@ import sys
 import tarfile
 import zlib
 
+import pytest
 from tests.e2e.conftest import Site, pids_alive, read_pids, wait_for
 
 from pilot.errors import ErrorCode, ExitCode
@@ -258,3 +259,39 @@ def test_demo_runs_and_prints_a_table(tmp_path) -> None:
     assert lines["1003"][1:3] == ["failed", str(int(ErrorCode.PAYLOAD_FAILED))]
     assert lines["1004"][1:3] == ["failed", str(int(ErrorCode.LOOPING))]
     assert lines["1005"][1:3] == ["failed", str(int(ErrorCode.BAD_FILE_NAME))]
+
+
+@pytest.mark.parametrize("signum, code", [
+    (signal.SIGINT, ErrorCode.SIGINT), (signal.SIGQUIT, ErrorCode.SIGQUIT), (signal.SIGUSR1, ErrorCode.SIGUSR1),
+    (signal.SIGXCPU, ErrorCode.SIGXCPU), (signal.SIGBUS, ErrorCode.SIGBUS),
+])
+def test_each_pilot_signal_has_its_code_and_exit_status(site: Site, started, tmp_path, signum, code) -> None:
+    pidfile = tmp_path / "sig.pids"
+    site.add_job(151, f"echo $$ > {pidfile}; sleep 300")
+    proc = site.start()
+    started.append(proc)
+    pid = read_pids(pidfile, 1)[0]
+    site.wait_state(151, "running")
+    proc.send_signal(signum)
+    assert proc.wait(timeout=60) == 128 + signum
+    assert site.final(151)["pilot_error_code"] == code
+    assert pids_alive([pid]) == []
+
+
+def test_lifetime_stops_the_payload_before_the_pilot_ends(site: Site) -> None:
+    site.queue_settings.update(time_margin=1)
+    site.add_job(161, "sleep 300")
+    site.add_job(162, "true")
+    result = site.run("--lifetime", "3")
+    assert result.returncode == ExitCode.OK
+    assert site.final(161)["pilot_error_code"] == ErrorCode.REACHED_MAX_TIME
+    assert (site.jobs / "162.json").exists(), "no new job without lifetime left"
+
+
+def test_stdout_and_work_dir_limits(site: Site) -> None:
+    site.queue_settings.update(max_stdout=1, stdout_check_interval=0.2, disk_check_interval=0.2)
+    site.add_job(171, "head -c 3000000 /dev/zero; sleep 300")
+    site.add_job(172, "head -c 3000000 /dev/zero > big.dat; sleep 300", maxDiskCount="2")
+    site.run()
+    assert site.final(171)["pilot_error_code"] == ErrorCode.STDOUT_TOO_BIG
+    assert site.final(172)["pilot_error_code"] == ErrorCode.WORKDIR_TOO_LARGE
