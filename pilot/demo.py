@@ -91,7 +91,8 @@ def summary(dispatcher: LocalDispatcher, panda_ids: list[int]) -> list[dict[str,
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    head = f"{'job':>5} {'state':9} {'error':>5} {'exit':>4} {'payload':>7} {'bytes in':>9} {'bytes out':>9}  diagnostic"
+    head = (f"{'job':>5} {'state':9} {'error':>5} {'exit':>4} {'payload':>7} {'bytes in':>9} {'bytes out':>9}"
+            "  diagnostic")
     print(head)
     print("-" * len(head))
     for r in rows:

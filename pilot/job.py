@@ -155,7 +155,8 @@ def _files(raw: dict[str, Any], kind: str, columns: dict[str, str]) -> list[File
                 try:
                     spec.fsize = int(item)
                 except ValueError:
-                    raise PilotError(ErrorCode.CONVERSION_FAILURE, f"size {item!r} of {spec.lfn} is not a number") from None
+                    raise PilotError(ErrorCode.CONVERSION_FAILURE,
+                                     f"size {item!r} of {spec.lfn} is not a number") from None
                 if spec.fsize < 0:
                     raise PilotError(ErrorCode.CONVERSION_FAILURE, f"size of {spec.lfn} is negative")
             elif attr == "checksum":

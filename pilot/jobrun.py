@@ -36,8 +36,16 @@ from pilot.journal import Journal
 from pilot.monitor import Limits, Monitor, watch
 from pilot.node import NodeInfo
 from pilot.payload import STDERR, STDOUT, Payload, build_command, payload_env
-from pilot.report import (job_log, job_metrics, last_line, make_log_tarball, pilot_timing, read_job_report,
-                          tail, utc)
+from pilot.report import (
+    job_log,
+    job_metrics,
+    last_line,
+    make_log_tarball,
+    pilot_timing,
+    read_job_report,
+    tail,
+    utc,
+)
 from pilot.staging import Stager, Transferred, output_report
 from sitemovers.registry import Registry
 

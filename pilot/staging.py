@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Optional
 
@@ -124,7 +125,7 @@ class Stager:
                 dest = workdir / spec.lfn
                 log.info("stage-in %s <- %s (%s)", spec.lfn, source, mover.name)
                 try:
-                    result = self._attempts("in", spec.lfn, lambda: mover.get(source, dest, expected, self.cancel))
+                    result = self._attempts("in", spec.lfn, partial(mover.get, source, dest, expected, self.cancel))
                 except TransferError as exc:
                     raise PilotError(error_code("in", exc), exc.diag) from None
                 self.bytes_moved += result.fsize
@@ -150,9 +151,9 @@ class Stager:
                 destination = self.url(spec, path)
                 expected = Expected(size, None, spec.guid)
                 log.info("stage-out %s -> %s (%s)", spec.lfn, destination, mover.name)
-                put = mover.put
                 try:
-                    result = self._attempts("out", spec.lfn, lambda: put(local, destination, expected, self.cancel))
+                    result = self._attempts("out", spec.lfn,
+                                            partial(mover.put, local, destination, expected, self.cancel))
                 except TransferError as exc:
                     raise PilotError(error_code("out", exc), exc.diag) from None
                 self.bytes_moved += result.fsize

@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
-from pilot.errors import PilotError, ErrorCode
+from pilot.errors import ErrorCode, PilotError
 
 
 class Command(str, enum.Enum):

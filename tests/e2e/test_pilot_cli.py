@@ -10,9 +10,9 @@ import tarfile
 import zlib
 
 import pytest
-from tests.e2e.conftest import Site, pids_alive, read_pids, wait_for
 
 from pilot.errors import ErrorCode, ExitCode
+from tests.e2e.conftest import Site, pids_alive, read_pids, wait_for
 
 
 def adler(data: bytes) -> str:
@@ -101,7 +101,8 @@ def test_looping_job_is_killed_with_its_whole_tree(site: Site, tmp_path) -> None
 
 def test_memory_hog_is_killed(site: Site) -> None:
     site.queue_settings.update(memory_check_interval=0.2, memory_grace=1.0)
-    hog = f"{sys.executable} -c 'import time; b = bytearray(300 * 2**20); b[::4096] = b\"x\" * len(b[::4096]); time.sleep(120)'"
+    touch_pages = "b = bytearray(300 * 2**20); b[::4096] = b\"x\" * len(b[::4096])"
+    hog = f"{sys.executable} -c 'import time; {touch_pages}; time.sleep(120)'"
     site.add_job(41, hog, minRamCount="100")
     site.run()
     final = site.final(41)
