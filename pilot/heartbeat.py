@@ -28,11 +28,18 @@ class Reporter:
         self.journal = journal
         self.identity = identity  # node, site_name, scheduler_id, pilot_id
         self.heartbeat: Optional[Heartbeat] = None
+        self.current = "starting"  # the state a heartbeat reports
         self.sent = 0
         self._lock = threading.Lock()
 
+    def enter(self, state: str) -> None:
+        """A new state that the next heartbeat will report, without an update of its own (saves a request
+        for short steps: a long stage-out still shows as 'transferring')."""
+        self.current = state
+
     def send(self, state: str, **fields: Any) -> Command:
         """One update; raises DispatcherError when the dispatcher could not take it."""
+        self.current = state
         update = JobUpdate(job_id=self.journal.panda_id, job_status=state, attempt_nr=self.journal.attempt_nr,
                            **self.identity, **fields)
         with self._lock:
@@ -80,9 +87,8 @@ class Heartbeat(threading.Thread):
 
     def run(self) -> None:
         while not self._halt.wait(self.interval):
-            state = self.reporter.journal.state or "running"
             try:
-                self.reporter.try_send(state)
+                self.reporter.try_send(self.reporter.current)
             except DispatcherError as exc:  # credentials refused: the main thread finds out at its next report
                 log.error("heartbeat refused: %s", exc.diag)
 

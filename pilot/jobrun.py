@@ -4,7 +4,7 @@
     report starting -> stage in                              -> journal: staged_in
     report running  -> payload under watch (monitor, heartbeat, kill requests)
                                                              -> journal: payload_done
-    report transferring -> stage out outputs (only if the payload succeeded)
+    (transferring)  -> stage out outputs (only if the payload succeeded)
     log tarball -> stage out the log                         -> journal: staged_out
     final report (finished / failed), kept in the journal until delivered
                                                              -> journal: reported -> clean up
@@ -120,7 +120,7 @@ class JobRun:
                 self.reporter.try_send("running")
                 self._step("payload", self._run_payload)
                 if self.error is None:
-                    self.reporter.try_send("transferring")
+                    self.reporter.enter("transferring")
                     self._step("stageout", self._stage_out_outputs)
             except DispatcherError as exc:
                 if exc.kind is FailureKind.AUTH:

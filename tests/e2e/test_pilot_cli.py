@@ -29,7 +29,7 @@ def test_several_jobs_move_files_and_report_each_step(site: Site) -> None:
     assert result.returncode == ExitCode.OK, result.stderr
 
     for panda_id in (11, 12):
-        assert site.states(panda_id) == ["starting", "running", "transferring", "finished"]
+        assert site.states(panda_id) == ["starting", "running", "finished"]
     final = site.final(11)
     assert final["pilot_error_code"] == 0 and final["trans_exit_code"] == 0
     joined = (site.se / "out" / "scope" / "ab.dat").read_bytes()
@@ -237,7 +237,7 @@ def test_two_pilots_on_one_directory_never_run_the_same_job(site: Site, started)
     for proc in procs:
         assert proc.wait(timeout=120) == ExitCode.OK
     for panda_id in range(131, 141):
-        assert site.states(panda_id) == ["starting", "running", "transferring", "finished"], panda_id
+        assert site.states(panda_id) == ["starting", "running", "finished"], panda_id
 
 
 def test_unknown_copytool_and_bad_queue_config(site: Site) -> None:
