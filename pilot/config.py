@@ -111,14 +111,26 @@ class QueueConfig:
 
 
 def _coerce(key: str, raw: Any, kind: type) -> Any:
+    bad = ValueError(f"queue setting {key}={raw!r} is not a valid {kind.__name__}")
     try:
         if kind is bool:
-            return raw if isinstance(raw, bool) else str(raw).strip().lower() in ("1", "true", "yes", "on")
-        if kind in (int, float):
-            return kind(raw)
+            text = str(raw).strip().lower()
+            if isinstance(raw, bool) or text in BOOLEANS:
+                return raw if isinstance(raw, bool) else BOOLEANS[text]
+            raise bad
+        if kind is int:
+            number = float(raw)
+            if number != int(number):
+                raise bad
+            return int(number)
+        if kind is float:
+            return float(raw)
         return "" if raw is None else str(raw)
-    except (TypeError, ValueError):
-        raise ValueError(f"queue setting {key}={raw!r} is not a valid {kind.__name__}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise bad from None
+
+
+BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 
 
 @dataclass

@@ -39,7 +39,8 @@ class FileSpec:
     dataset: str = ""
     ddm_endpoint: str = ""
     token: str = ""  # prodDBlockToken (input) / destinationDBlockToken (output)
-    dispatch_dblock: str = ""
+    dispatch_dblock: str = ""  # input: the dispatch block
+    destination_dblock: str = ""  # output: the destination block
 
     @property
     def direct_access_forbidden(self) -> bool:
@@ -165,7 +166,7 @@ def _files(raw: dict[str, Any], kind: str, columns: dict[str, str]) -> list[File
                 except ChecksumError as exc:
                     raise PilotError(ErrorCode.UNKNOWN_CHECKSUM_TYPE, f"{spec.lfn}: {exc}") from None
             else:
-                setattr(spec, attr, item)
+                setattr(spec, attr, check_name(item, "scope") if attr == "scope" else item)
         specs.append(spec)
     return specs
 
@@ -183,6 +184,7 @@ INPUT_COLUMNS = {
 }
 OUTPUT_COLUMNS = {
     "lfn": "outFiles",
+    "destination_dblock": "destinationDblock",
     "dataset": "realDatasets",
     "scope": "scopeOut",
     "ddm_endpoint": "ddmEndPointOut",
@@ -232,7 +234,7 @@ def _parse(raw: dict[str, Any], panda_id: int) -> Job:
         log = FileSpec(lfn=f"{panda_id}.job.log.tgz", kind="log")
     log.kind = "log"
     log.guid = value(raw, "logGUID") or log.guid or str(uuid.uuid4())
-    log.scope = value(raw, "scopeLog") or log.scope
+    log.scope = check_name(value(raw, "scopeLog"), "log scope") if value(raw, "scopeLog") else log.scope
     seen: set[str] = set()
     for spec in [*inputs, *outputs, log]:
         key = f"{spec.kind == 'input'}:{spec.lfn}"

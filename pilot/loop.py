@@ -51,7 +51,7 @@ def stop_reason(ctx: PilotContext, state: LoopState, now: float) -> Optional[str
 
 def no_job_wait(cfg: Any, misses: int) -> float:
     """Exponential backoff with jitter after `misses` consecutive no-job answers."""
-    base = min(cfg.no_job_wait * 2 ** max(0, misses - 1), cfg.no_job_wait_max)
+    base = min(cfg.no_job_wait * 2 ** min(max(0, misses - 1), 30), cfg.no_job_wait_max)
     return base * random.uniform(0.8, 1.0)
 
 
@@ -97,7 +97,7 @@ class Pilot:
             getjob_seconds = time.monotonic() - asked
             if raw is None:
                 state.no_job_in_row += 1
-                if state.no_job_in_row < ctx.config.max_no_job:
+                if not ctx.config.max_no_job or state.no_job_in_row < ctx.config.max_no_job:
                     wait = no_job_wait(ctx.config, state.no_job_in_row)
                     log.info("no job available; asking again in %.1f s", wait)
                     ctx.control.wake.clear()

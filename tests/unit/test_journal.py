@@ -1,0 +1,126 @@
+"""The job journal: durable, atomically rewritten, and read back by recovery."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from pilot import fsutil
+from pilot.journal import JOURNAL_NAME, STEPS, Journal
+
+RAW = {"PandaID": "7", "attemptNr": "1", "transformation": "run.sh"}
+
+
+@pytest.fixture
+def journal(tmp_path):
+    return Journal.create(tmp_path, 7, 1, "SITE_A", "node01", RAW)
+
+
+def on_disk(tmp_path) -> dict:
+    """The journal as a reader sees it; also checks that nothing but the journal is in the directory."""
+    assert sorted(os.listdir(tmp_path)) == [JOURNAL_NAME], "temporary files left behind"
+    return json.loads((tmp_path / JOURNAL_NAME).read_text())
+
+
+def test_create_writes_the_journal(journal, tmp_path):
+    data = on_disk(tmp_path)
+    assert journal.path == tmp_path / JOURNAL_NAME
+    assert data["panda_id"] == 7 and data["attempt_nr"] == 1
+    assert data["site"] == "SITE_A" and data["node"] == "node01"
+    assert data["job"] == RAW
+    assert data["step"] == "created"
+    assert "created" in data["steps"]
+    assert data["version"] == 1
+    assert "path" not in data
+
+
+def test_every_step_leaves_valid_json_and_no_temp_file(journal, tmp_path):
+    journal.reach("staged_in")
+    assert on_disk(tmp_path)["step"] == "staged_in"
+    journal.file_done("in", "a.root", fsize=3, checksum="ad:00000001", location="/w/a.root")
+    assert on_disk(tmp_path)["files"]["in:a.root"]["fsize"] == 3
+    journal.reported("running")
+    assert on_disk(tmp_path)["state"] == "running"
+    journal.owe_final({"job_status": "finished"})
+    assert on_disk(tmp_path)["final"] == {"job_status": "finished"}
+    journal.owe_final(None)
+    assert on_disk(tmp_path)["final"] is None
+    journal.reach("reported")
+    assert on_disk(tmp_path)["step"] == "reported"
+
+
+def test_load_round_trip(journal, tmp_path):
+    journal.reach("staged_in")
+    journal.file_done("in", "a.root", fsize=3, checksum="ad:00000001", location="/w/a.root")
+    journal.file_done("out", "b.root", fsize=9, checksum="", location="file:///se/b.root", guid="g")
+    journal.reported("transferring")
+    journal.owe_final({"job_status": "failed", "pilot_error_code": 1165})
+    journal.recovery_attempts = 2
+    journal.save()
+
+    loaded = Journal.load(tmp_path / JOURNAL_NAME)
+    assert loaded == journal
+    assert loaded.file_info("in", "a.root") == {"status": "done", "fsize": 3, "checksum": "ad:00000001",
+                                                "location": "/w/a.root"}
+    assert loaded.file_info("out", "b.root")["guid"] == "g"
+    assert loaded.file_info("in", "b.root") is None  # direction matters
+    assert loaded.final == {"job_status": "failed", "pilot_error_code": 1165}
+    assert loaded.recovery_attempts == 2
+    assert loaded.has_reached("staged_in") and not loaded.has_reached("payload_done")
+
+
+def test_file_info_only_for_finished_files(journal):
+    journal.files["in:partial.root"] = {"status": "started"}
+    assert journal.file_info("in", "partial.root") is None
+    assert journal.file_info("in", "never.root") is None
+
+
+def test_has_reached_follows_the_step_order(journal):
+    for index, step in enumerate(STEPS):
+        journal.reach(step)
+        assert [journal.has_reached(s) for s in STEPS] == [i <= index for i in range(len(STEPS))]
+
+
+def test_reach_records_each_step_time(journal):
+    journal.reach("staged_in")
+    journal.reach("payload_done")
+    assert set(journal.steps) == {"created", "staged_in", "payload_done"}
+    assert journal.steps["created"] <= journal.steps["staged_in"] <= journal.steps["payload_done"]
+
+
+def test_unknown_step_is_rejected_and_nothing_changes(journal, tmp_path):
+    before = on_disk(tmp_path)
+    with pytest.raises(ValueError, match="unknown journal step"):
+        journal.reach("teleported")
+    assert journal.step == "created"
+    assert on_disk(tmp_path) == before
+
+
+def test_has_reached_unknown_step_is_an_error(journal):
+    with pytest.raises(ValueError):
+        journal.has_reached("teleported")
+
+
+def test_failed_rename_keeps_the_previous_journal_and_no_temp_file(journal, tmp_path, monkeypatch):
+    journal.reach("staged_in")
+    before = on_disk(tmp_path)
+
+    def broken_replace(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fsutil.os, "replace", broken_replace)
+    with pytest.raises(OSError):
+        journal.reach("payload_done")
+    monkeypatch.undo()
+    assert on_disk(tmp_path) == before
+
+
+def test_atomic_write_json_replaces_whole_file(tmp_path):
+    target = tmp_path / "x.json"
+    fsutil.atomic_write_json(target, {"long": "y" * 10_000})
+    fsutil.atomic_write_json(target, {"short": 1})
+    assert json.loads(target.read_text()) == {"short": 1}
+    assert os.listdir(tmp_path) == ["x.json"]
+    assert target.stat().st_mode & 0o777 == 0o644

@@ -1,0 +1,192 @@
+"""LocalDispatcher: a directory of job files, push files, history and operator commands."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import urlencode
+
+import pytest
+
+from pilot.dispatcher.base import Command, JobRequest, JobUpdate
+from pilot.dispatcher.local import PUSH_FILE, LocalDispatcher, parse_push_file
+
+REQUEST = JobRequest(site_name="Q", node="node01")
+
+
+@pytest.fixture
+def root(tmp_path):
+    return tmp_path / "jobs"
+
+
+@pytest.fixture
+def dispatcher(root):
+    return LocalDispatcher(root)
+
+
+def put_job(root, name: str, panda_id, **fields) -> None:
+    (root / name).write_text(json.dumps({"PandaID": panda_id, "transformation": "run.sh", **fields}))
+
+
+def rejected(root) -> list[str]:
+    return sorted(p.name for p in (root / "rejected").iterdir())
+
+
+def test_creates_its_layout(dispatcher, root):
+    assert all((root / sub).is_dir() for sub in ("claimed", "rejected", "history", "commands"))
+
+
+def test_none_when_empty(dispatcher):
+    assert dispatcher.get_job(REQUEST) is None
+
+
+def test_claims_in_numeric_then_name_order(dispatcher, root):
+    for number in (10, 9, 100):
+        put_job(root, f"{number}.json", number)
+    put_job(root, "a.json", 1)
+    put_job(root, "b.json", 2)
+    order = [dispatcher.get_job(REQUEST)["PandaID"] for _ in range(5)]
+    assert order == ["9", "1", "2", "10", "100"]  # 9.json, a.json, b.json, 10.json, 100.json
+    assert dispatcher.get_job(REQUEST) is None
+
+
+def test_claimed_file_moves_to_claimed(dispatcher, root):
+    put_job(root, "5.json", 5)
+    dispatcher.get_job(REQUEST)
+    assert not (root / "5.json").exists()
+    assert (root / "claimed" / "5.json").exists()
+
+
+def test_values_become_strings_and_null(dispatcher, root):
+    put_job(root, "5.json", 5, attemptNr=2, coreCount=None, maxRSS=1.5)
+    job = dispatcher.get_job(REQUEST)
+    assert job == {"PandaID": "5", "transformation": "run.sh", "attemptNr": "2", "coreCount": "NULL",
+                   "maxRSS": "1.5"}
+
+
+def test_two_dispatchers_never_get_the_same_job(root):
+    first, second = LocalDispatcher(root), LocalDispatcher(root)
+    put_job(root, "1.json", 1)
+    put_job(root, "2.json", 2)
+    got = [first.get_job(REQUEST), second.get_job(REQUEST), first.get_job(REQUEST), second.get_job(REQUEST)]
+    assert [j["PandaID"] if j else None for j in got] == ["1", "2", None, None]
+
+
+def test_file_claimed_between_listing_and_rename_is_skipped(dispatcher, root, monkeypatch):
+    """Another pilot renames 1.json after our listing: we skip it and take the next one."""
+    put_job(root, "1.json", 1)
+    put_job(root, "2.json", 2)
+    other = LocalDispatcher(root)
+    real_glob = type(root).glob
+    raced = []
+
+    def listing_then_race(self, pattern):
+        found = list(real_glob(self, pattern))
+        if not raced:
+            raced.append(True)
+            assert other.get_job(REQUEST)["PandaID"] == "1"  # the other pilot wins 1.json
+        return iter(found)
+
+    monkeypatch.setattr(type(root), "glob", listing_then_race)
+    assert dispatcher.get_job(REQUEST)["PandaID"] == "2"
+    assert raced
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (b"{not json", "not a JSON job definition"),
+    (b"\xff\xfe\x00garbage", "not a JSON job definition"),
+    (b"[1, 2, 3]", "not list"),
+    (b'"just a string"', "not str"),
+    (b"42", "not int"),
+])
+def test_garbage_is_rejected_with_a_reason_and_next_job_returned(dispatcher, root, content, fragment):
+    (root / "1.json").write_bytes(content)
+    put_job(root, "2.json", 2)
+    assert dispatcher.get_job(REQUEST)["PandaID"] == "2"
+    assert rejected(root) == ["1.json", "1.json.reason"]
+    assert (root / "rejected" / "1.json").read_bytes() == content
+    assert fragment in (root / "rejected" / "1.json.reason").read_text()
+    assert not (root / "claimed" / "1.json").exists()
+
+
+def test_reject_keeps_an_unidentified_definition(dispatcher, root):
+    dispatcher.reject({"transformation": "x"}, "job definition has no valid PandaID")
+    names = rejected(root)
+    assert len(names) == 2 and names[0].startswith("unidentified-") and names[1] == names[0] + ".reason"
+    assert json.loads((root / "rejected" / names[0]).read_text()) == {"transformation": "x"}
+    assert "no valid PandaID" in (root / "rejected" / names[1]).read_text()
+
+
+# --- push files -------------------------------------------------------------------------------------
+def test_push_file_json_with_two_jobs(dispatcher, root):
+    jobs = {"11": {"PandaID": 11, "transformation": "a"}, "12": {"PandaID": 12, "transformation": "b"}}
+    (root / PUSH_FILE).write_text(json.dumps(jobs))
+    got = [dispatcher.get_job(REQUEST), dispatcher.get_job(REQUEST)]
+    assert sorted((j["PandaID"], j["transformation"]) for j in got) == [("11", "a"), ("12", "b")]
+    assert dispatcher.get_job(REQUEST) is None
+    assert not (root / PUSH_FILE).exists()
+
+
+def test_push_file_urlencoded(dispatcher, root):
+    (root / PUSH_FILE).write_text(urlencode({"PandaID": "77", "jobPars": "-a 1 --b=c&d", "GUID": ""}))
+    job = dispatcher.get_job(REQUEST)
+    assert job == {"PandaID": "77", "jobPars": "-a 1 --b=c&d", "GUID": ""}
+
+
+def test_unreadable_push_file_is_rejected(dispatcher, root):
+    (root / PUSH_FILE).write_text("{broken")
+    assert dispatcher.get_job(REQUEST) is None
+    names = rejected(root)
+    assert len(names) == 2 and names[0].startswith(PUSH_FILE) and names[1].endswith(".reason")
+
+
+def test_parse_push_file_forms():
+    assert parse_push_file('{"PandaID": 5, "x": "y"}') == [{"PandaID": 5, "x": "y"}]
+    assert parse_push_file('{"5": {"PandaID": 5}, "6": {"PandaID": 6}}') == [{"PandaID": 5}, {"PandaID": 6}]
+    assert parse_push_file("PandaID=5&x=a%20b&y=") == [{"PandaID": "5", "x": "a b", "y": ""}]
+
+
+# --- reports and commands ---------------------------------------------------------------------------
+def update(job_id: int, status: str, attempt: int = 1, **kw) -> JobUpdate:
+    return JobUpdate(job_id=job_id, job_status=status, attempt_nr=attempt, **kw)
+
+
+def test_history_gets_one_line_per_update(dispatcher, root):
+    assert dispatcher.update_job(update(5, "starting", node="node01")) is Command.NONE
+    dispatcher.update_job(update(5, "running", extra={"coreCount": 8}))
+    dispatcher.update_job(update(5, "finished", pilot_error_code=0))
+    lines = (root / "history" / "5.jsonl").read_text().splitlines()
+    assert len(lines) == 3
+    history = dispatcher.history(5)
+    assert [h["job_status"] for h in history] == ["starting", "running", "finished"]
+    assert history[0]["node"] == "node01" and "pilot_error_code" not in history[0]
+    assert history[1]["coreCount"] == 8
+    assert history[2]["pilot_error_code"] == 0
+    assert all(h["job_id"] == 5 and "time" in h for h in history)
+
+
+def test_history_of_unknown_job_is_empty(dispatcher):
+    assert dispatcher.history(999) == []
+
+
+@pytest.mark.parametrize("text, command", [
+    ("", Command.KILL),
+    ("\n", Command.KILL),
+    ("tobekilled", Command.KILL),
+    ("softkill\n", Command.SOFTKILL),
+    ("SOFTKILL", Command.SOFTKILL),
+    ("debug", Command.DEBUG),
+    ("nonsense", Command.NONE),
+])
+def test_operator_command_is_returned_by_update(dispatcher, root, text, command):
+    (root / "commands" / "5").write_text(text)
+    assert dispatcher.update_job(update(5, "running")) is command
+    assert dispatcher.update_job(update(6, "running")) is Command.NONE  # only for that job
+
+
+def test_job_status_from_the_last_history_line(dispatcher, root):
+    assert dispatcher.job_status(5).status == "unknown"
+    dispatcher.update_job(update(5, "running", attempt=3))
+    dispatcher.update_job(update(5, "holding", attempt=3))
+    (root / "commands" / "5").write_text("softkill")
+    status = dispatcher.job_status(5)
+    assert (status.job_id, status.status, status.attempt_nr, status.command) == (5, "holding", 3, Command.SOFTKILL)
