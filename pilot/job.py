@@ -134,12 +134,19 @@ def _list(raw: dict[str, Any], key: str) -> list[str]:
     return [value({"v": item}, "v") for item in text.split(",")]
 
 
-def _files(raw: dict[str, Any], kind: str, columns: dict[str, str]) -> list[FileSpec]:
-    """Build FileSpecs from parallel comma lists; `columns` maps FileSpec attribute -> job key."""
+def _files(raw: dict[str, Any], kind: str, columns: dict[str, str], log_name: str = "") -> list[FileSpec]:
+    """Build FileSpecs from parallel comma lists; `columns` maps FileSpec attribute -> job key.
+
+    The server lists the log file in outFiles, but some output lists (scopeOut) leave it out: a list one
+    entry short is matched to the outputs other than the log.
+    """
     lists = {attr: _list(raw, key) for attr, key in columns.items()}
     names = lists.pop("lfn")
     keep = [i for i, name in enumerate(names) if name]  # empty and NULL entries are skipped
+    log_at = names.index(log_name) if log_name and log_name in names else -1
     for attr, items in lists.items():
+        if items and log_at >= 0 and len(items) == len(names) - 1:
+            items.insert(log_at, "")
         if items and len(items) != len(names):
             raise PilotError(
                 ErrorCode.NOT_SAME_LENGTH,
@@ -223,8 +230,8 @@ def _parse(raw: dict[str, Any], panda_id: int) -> Job:
     if any(not c.isprintable() for c in transformation):
         raise PilotError(ErrorCode.CONVERSION_FAILURE, "transformation contains a control character")
     inputs = _files(raw, "input", INPUT_COLUMNS)
-    outputs = _files(raw, "output", OUTPUT_COLUMNS)
     log_name = value(raw, "logFile")
+    outputs = _files(raw, "output", OUTPUT_COLUMNS, log_name)
     if log_name:
         check_name(log_name, "log file name")
         logs = [spec for spec in outputs if spec.lfn == log_name]

@@ -179,7 +179,7 @@ def test_spaces_around_list_entries_are_ignored(job_dict):
 @pytest.mark.parametrize("key, value", [
     ("GUID", "g1"), ("fsize", "1,2,3"), ("checksum", "ad:00000001"), ("scopeIn", "a,b,c"),
     ("dispatchDblock", "d"), ("realDatasetsIn", "r1,r2,r3"), ("prodDBlockToken", "t"), ("ddmEndPointIn", "e"),
-    ("realDatasets", "d1"), ("scopeOut", "s1,s2,s3"), ("ddmEndPointOut", "e1"),
+    ("realDatasets", "d1,d2,d3"), ("scopeOut", "s1,s2,s3"), ("ddmEndPointOut", "e1,e2,e3"),
     ("destinationDBlockToken", "t1,t2,t3"), ("destinationDblock", "dd1,dd2,dd3"),
 ])
 def test_lists_of_different_lengths_are_refused(job_dict, key, value):
@@ -354,3 +354,12 @@ def test_non_string_values_are_accepted(job_dict):
     raw.update({"PandaID": 4242, "attemptNr": 1, "coreCount": 4, "minRamCount": None})
     job = parse_job(raw)
     assert (job.panda_id, job.attempt_nr, job.core_count, job.min_ram_count) == (4242, 1, 4, 0)
+
+
+def test_output_lists_without_the_log_entry_match_the_other_outputs(job_dict):
+    # the server's scopeOut has one entry per output but none for the log, which outFiles does list
+    job = parse_job(job_dict(outFiles="a.root,job.log.tgz,b.root", logFile="job.log.tgz",
+                             scopeOut="sa,sb", scopeLog="slog", destinationDblock="d1,dlog,d2"))
+    assert [(o.lfn, o.scope, o.destination_dblock) for o in job.outputs] == [("a.root", "sa", "d1"),
+                                                                            ("b.root", "sb", "d2")]
+    assert (job.log.lfn, job.log.scope) == ("job.log.tgz", "slog")
