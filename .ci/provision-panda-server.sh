@@ -97,8 +97,10 @@ for v in "${VERSIONS[@]}"; do
     rm -rf "$venv"
     "$PY_REAL" -m venv "$venv"
     quiet_pip "$venv" --upgrade pip setuptools wheel
-    # DISABLE_MM=1: do not build mod_wsgi's Apache module (the harness serves the app with its own
-    # small TLS WSGI front, tests/integration/pandaserver/front.py).
+    # DISABLE_MM=1: panda-server's build hook otherwise tries a Mattermost upgrade notification
+    # (git calls, ~/mm_webhook_url.txt, network). Its mod_wsgi dependency is compiled against apxs
+    # (apache2-dev, build-essential) although the harness serves the app with its own TLS WSGI
+    # front (tests/integration/pandaserver/front.py), not Apache.
     DISABLE_MM=1 quiet_pip "$venv" "panda-server[postgres]==$v" "cryptography"
     if ! venv_ok "$venv" "$v"; then
         log "venv $venv failed its import check; details:"

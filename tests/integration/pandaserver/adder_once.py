@@ -18,21 +18,31 @@ import sys
 
 
 def main() -> int:
+    # add_main imports TaskBufferInterface, whose import sets JobSpec/FileSpec.reserveChangedState.
+    # With it, changed file attributes (fsize, checksum, status, GUID) survive pickling to a DB child
+    # process (ConBridge/TaskBufferInterface); without it those file rows are silently not updated.
+    import pandaserver.taskbuffer.TaskBufferInterface  # noqa: F401
     from pandaserver.brokerage.SiteMapper import SiteMapper
     from pandaserver.config import panda_config
     from pandaserver.dataservice.adder_gen import AdderGen
     from pandaserver.taskbuffer.TaskBuffer import taskBuffer
 
     requester = f"adder_once-{os.getpid()}"
-    taskBuffer.init(panda_config.dbhost, panda_config.dbpasswd, nDBConnection=1, useTimeout=True, requester=requester)
+    # useTimeout=False: a direct DB connection instead of a ConBridge child process (whose
+    # teardown alone takes ~15 s); the Adder logic is the same.
+    taskBuffer.init(panda_config.dbhost, panda_config.dbpasswd, nDBConnection=1, useTimeout=False, requester=requester)
     site_mapper = SiteMapper(taskBuffer)
     lock_interval = 10  # minutes, as in add_main
     retry_interval = 1
-    reports = taskBuffer.listJobOutputReport(only_unlocked=True, time_limit=lock_interval, limit=1000, grace_period=0) or []
+    reports = (
+        taskBuffer.listJobOutputReport(only_unlocked=True, time_limit=lock_interval, limit=1000, grace_period=0) or []
+    )
     processed = []
     pid = f"adder_once-{os.getpid()}"
     for panda_id, job_status, attempt_nr, _time_stamp in reports:
-        if not taskBuffer.lockJobOutputReport(panda_id=panda_id, attempt_nr=attempt_nr, pid=pid, time_limit=lock_interval):
+        if not taskBuffer.lockJobOutputReport(
+            panda_id=panda_id, attempt_nr=attempt_nr, pid=pid, time_limit=lock_interval
+        ):
             continue
         adder = AdderGen(
             taskBuffer,
@@ -48,9 +58,13 @@ def main() -> int:
         adder.run()
         processed.append([panda_id, job_status, attempt_nr])
     taskBuffer.cleanup(requester=requester)
-    print(json.dumps({"processed": processed}))
+    print(json.dumps({"processed": processed}), flush=True)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # the server's modules leave non-daemon threads behind; do not wait for them
+    os._exit(code)

@@ -29,7 +29,12 @@ DENIED_SUBJECT = (("C", "CH"), ("O", "PandaPilotCI"), ("OU", "users"), ("CN", "o
 CA_SUBJECT = (("C", "CH"), ("O", "PandaPilotCI"), ("CN", "PandaPilotCI throw-away CA"))
 SERVER_SUBJECT = (("C", "CH"), ("O", "PandaPilotCI"), ("CN", "localhost"))
 
-_OIDS = {"C": NameOID.COUNTRY_NAME, "O": NameOID.ORGANIZATION_NAME, "OU": NameOID.ORGANIZATIONAL_UNIT_NAME, "CN": NameOID.COMMON_NAME}
+_OIDS = {
+    "C": NameOID.COUNTRY_NAME,
+    "O": NameOID.ORGANIZATION_NAME,
+    "OU": NameOID.ORGANIZATIONAL_UNIT_NAME,
+    "CN": NameOID.COMMON_NAME,
+}
 
 
 def legacy_dn(subject: tuple[tuple[str, str], ...]) -> str:
@@ -62,7 +67,9 @@ def _key() -> rsa.RSAPrivateKey:
 
 def _write_key(path: Path, key: rsa.RSAPrivateKey) -> None:
     path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption())
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+        )
     )
     path.chmod(0o600)
 
@@ -118,7 +125,9 @@ def make_certs(directory: Path) -> CertSet:
         )
         if server:
             builder = builder.add_extension(
-                x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                x509.SubjectAlternativeName(
+                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                ),
                 critical=False,
             )
         return builder.sign(ca_key, hashes.SHA256()), key
@@ -145,7 +154,9 @@ def make_certs(directory: Path) -> CertSet:
     # X509_USER_PROXY style: certificate and key in one PEM file
     paths.proxy_file.write_bytes(
         _pem(client_cert)
-        + client_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption())
+        + client_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+        )
     )
     paths.proxy_file.chmod(0o600)
     bad_cert, bad_key = issue(DENIED_SUBJECT, server=False)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import signal
 import socket
 import ssl
@@ -99,7 +100,9 @@ class Server(ThreadingMixIn, WSGIServer):
 
     def handle_error(self, request, client_address) -> None:
         exc = sys.exc_info()[1]
-        if isinstance(exc, (ssl.SSLError, ConnectionError, socket.timeout)):
+        if isinstance(exc, ssl.SSLEOFError):
+            log.debug("connection from %s closed during the TLS handshake", client_address)
+        elif isinstance(exc, (ssl.SSLError, ConnectionError, socket.timeout)):
             log.warning("connection from %s failed: %r", client_address, exc)
         else:
             log.exception("error serving %s", client_address)
@@ -145,6 +148,13 @@ def main(argv: list[str] | None = None) -> int:
         server.serve_forever(poll_interval=0.2)
     finally:
         server.server_close()
+        log.info("stopped")
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # the app leaves non-daemon threads (DB proxy pool, caches) that would keep the
+        # interpreter alive; under mod_wsgi the process is simply torn down, so do the same
+        os._exit(0)
     return 0
 
 

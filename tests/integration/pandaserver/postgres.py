@@ -34,7 +34,17 @@ PG_BIN = Path("/usr/lib/postgresql/15/bin")
 DB_NAME = "panda_db"
 DB_USER = "panda"
 SCHEMA_COMPONENTS = ("PANDA", "PANDAMETA", "PANDAARCH", "PANDABIGMON", "DEFT", "PARTITION")
-SCHEMA_SUFFIXES = ("", "_TABLE", "_VIEW", "_TYPE", "_SEQUENCE", "_FUNCTION", "_TRIGGER", "_SCHEDULER_JOBS", "_PROCEDURE")
+SCHEMA_SUFFIXES = (
+    "",
+    "_TABLE",
+    "_VIEW",
+    "_TYPE",
+    "_SEQUENCE",
+    "_FUNCTION",
+    "_TRIGGER",
+    "_SCHEDULER_JOBS",
+    "_PROCEDURE",
+)
 
 # Errors that the upstream schema (0.1.6) produces and that do not matter for the job dispatch path:
 # (file, message pattern). The GPU summary materialized view joins a table the schema never creates;
@@ -143,10 +153,24 @@ class PostgresCluster:
         log.info("initdb %s", self.data_dir)
         subprocess.run(
             self._as_postgres(
-                [str(PG_BIN / "initdb"), "-D", str(self.data_dir), "-U", "postgres", "--auth-local=trust",
-                 "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"]
+                [
+                    str(PG_BIN / "initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "-U",
+                    "postgres",
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                    "-E",
+                    "UTF8",
+                    "--locale=C.UTF-8",
+                    "--no-sync",
+                ]
             ),
-            check=True, capture_output=True, cwd=self.base_dir, env=self._env(),
+            check=True,
+            capture_output=True,
+            cwd=self.base_dir,
+            env=self._env(),
         )
         settings = {
             "listen_addresses": "'127.0.0.1'",
@@ -178,8 +202,12 @@ class PostgresCluster:
         try:
             self._proc = subprocess.Popen(
                 self._as_postgres([str(PG_BIN / "postgres"), "-D", str(self.data_dir)]),
-                stdout=log_handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=self.base_dir, env=self._env(), start_new_session=True,
+                stdout=log_handle,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.base_dir,
+                env=self._env(),
+                start_new_session=True,
             )
         finally:
             log_handle.close()
@@ -221,16 +249,46 @@ class PostgresCluster:
 
     # ---- psql -------------------------------------------------------------------------------
 
-    def psql(self, sql: str | None = None, *, file: Path | None = None, db: str = DB_NAME, user: str = "postgres",
-             on_error_stop: bool = True, check: bool = True) -> subprocess.CompletedProcess[str]:
-        argv = [str(PG_BIN / "psql"), "-X", "-q", "-h", str(self.socket_dir), "-p", str(self.port), "-U", user, "-d", db,
-                "-v", f"ON_ERROR_STOP={1 if on_error_stop else 0}", "-At"]
+    def psql(
+        self,
+        sql: str | None = None,
+        *,
+        file: Path | None = None,
+        db: str = DB_NAME,
+        user: str = "postgres",
+        on_error_stop: bool = True,
+        check: bool = True,
+    ) -> subprocess.CompletedProcess[str]:
+        argv = [
+            str(PG_BIN / "psql"),
+            "-X",
+            "-q",
+            "-h",
+            str(self.socket_dir),
+            "-p",
+            str(self.port),
+            "-U",
+            user,
+            "-d",
+            db,
+            "-v",
+            f"ON_ERROR_STOP={1 if on_error_stop else 0}",
+            "-At",
+        ]
         if file is not None:
             argv += ["-f", str(file)]
-        res = subprocess.run(argv, input=sql if file is None else None, capture_output=True, text=True,
-                             cwd=file.parent if file is not None else self.base_dir, env=self._env())
+        res = subprocess.run(
+            argv,
+            input=sql if file is None else None,
+            capture_output=True,
+            text=True,
+            cwd=file.parent if file is not None else self.base_dir,
+            env=self._env(),
+        )
         if check and res.returncode != 0:
-            raise RuntimeError(f"psql failed ({res.returncode}): {res.stderr.strip()}\n--- input ---\n{(sql or str(file))[:2000]}")
+            raise RuntimeError(
+                f"psql failed ({res.returncode}): {res.stderr.strip()}\n--- input ---\n{(sql or str(file))[:2000]}"
+            )
         return res
 
     def query(self, query: str, params: Sequence[Any] = (), db: str = DB_NAME) -> list[dict[str, Any]]:
@@ -238,7 +296,9 @@ class PostgresCluster:
         stmt = render_query(query, params).strip().rstrip(";")
         if re.match(r"(?is)^(select|with|values)\b", stmt) or re.search(r"(?is)\breturning\b", stmt):
             # a top-level CTE may hold a SELECT or a data-modifying statement with RETURNING
-            out = self.psql(f"WITH _q AS ({stmt}) SELECT coalesce(json_agg(_q), '[]'::json) FROM _q;\n", db=db).stdout.strip()
+            out = self.psql(
+                f"WITH _q AS ({stmt}) SELECT coalesce(json_agg(_q), '[]'::json) FROM _q;\n", db=db
+            ).stdout.strip()
             return json.loads(out) if out else []
         self.psql(stmt + ";\n", db=db)
         return []
@@ -271,7 +331,9 @@ class PostgresCluster:
         for component in ("PanDA", "JEDI"):
             self.query(
                 "INSERT INTO doma_panda.pandadb_version (component, major, minor, patch) VALUES (%s, %s, %s, %s) "
-                "ON CONFLICT (component) DO NOTHING", (component, major, minor, patch))
+                "ON CONFLICT (component) DO NOTHING",
+                (component, major, minor, patch),
+            )
         self._load_file(work / "post_step_panda.sql")
         self._load_file(work / "post_step_cron.sql", db="postgres")
         log.info("schema %s loaded in %.1fs", version, time.monotonic() - t0)
