@@ -7,6 +7,7 @@ pass finalizes them.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -186,3 +187,28 @@ def test_the_job_survives_a_server_restart(panda_server: PandaServer, tmp_path: 
     panda_server.run_adder()
     state = panda_server.job_state(panda_id)
     assert (state["table"], state["jobstatus"]) == ("jobsarchived4", "finished"), state
+
+
+def test_an_undeliverable_final_report_stays_in_the_journal(panda_server: PandaServer, tmp_path: Path) -> None:
+    site = PilotSite(tmp_path, panda_server)
+    flag = tmp_path / "go"
+    panda_id = panda_server.insert_job(job_pars=f"-c 'while [ ! -e {flag} ]; do sleep 0.1; done'")
+    log = tmp_path / "pilot.log"
+    proc = site.start("--retry-budget", "3", log=log)
+    try:
+        wait_for(lambda: site.server_state(panda_id) == "running", 60, "the job running on the server")
+        panda_server.stop()
+        flag.touch()
+        assert proc.wait(timeout=120) == ExitCode.SERVER_COMMUNICATION, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        panda_server.start()
+    journals = list((tmp_path / "work").glob("PanDA_Pilot-*/journal.json"))
+    assert len(journals) == 1, "the job's work dir is kept for recovery"
+    journal = json.loads(journals[0].read_text())
+    assert journal["panda_id"] == panda_id and journal["step"] == "staged_out"
+    assert journal["final"]["state"] == "finished"
+    assert f"pilot-ci.{panda_id}.log.tgz" in journal["final"]["job_output_report"]
+    assert site.server_state(panda_id) == "running", "the server has not heard the end yet"
