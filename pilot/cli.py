@@ -110,7 +110,7 @@ def run_pilot(config: PilotConfig) -> int:
         log.warning("cannot become a child subreaper: payload processes are tracked by polling only")
     lifetime = config.lifetime or queue.maxtime
     try:
-        dispatcher = make_dispatcher(config)
+        dispatcher = make_dispatcher(config, control.stopping)
     except (OSError, ValueError, DispatcherError) as exc:
         log.error("cannot set up the dispatcher %s: %s", config.dispatcher, exc)
         return ExitCode.GENERAL

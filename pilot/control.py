@@ -20,6 +20,7 @@ HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1
 class Control:
     wake: threading.Event = field(default_factory=threading.Event)
     cancel: threading.Event = field(default_factory=threading.Event)  # stops data transfers
+    stopping: threading.Event = field(default_factory=threading.Event)  # a signal came: the pilot ends
     signum: Optional[int] = None  # the signal that ends this pilot
     job_kill: Optional[PilotError] = None  # stop the current job with this error
     softkill: bool = False  # finish the current job, take no more
@@ -38,6 +39,7 @@ class Control:
     def on_signal(self, signum: int, _frame: object = None) -> None:
         if self.signum is None:
             self.signum = signum
+        self.stopping.set()
         self.kill_job(PilotError(signal_code(signum), f"pilot received signal {signal.Signals(signum).name}"))
 
     def install_signal_handlers(self) -> None:

@@ -93,7 +93,9 @@ class Pilot:
                 raw = ctx.dispatcher.get_job(self.request())
             except DispatcherError as exc:
                 log.error("cannot get a job from %s: %s", ctx.dispatcher.name, exc.diag)
-                return ExitCode.CREDENTIALS if exc.kind is FailureKind.AUTH else ExitCode.SERVER_COMMUNICATION
+                if exc.kind is FailureKind.AUTH:
+                    return ExitCode.CREDENTIALS
+                return self._signal_exit() or ExitCode.SERVER_COMMUNICATION
             getjob_seconds = time.monotonic() - asked
             if raw is None:
                 state.no_job_in_row += 1

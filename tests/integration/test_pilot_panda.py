@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -212,3 +213,21 @@ def test_an_undeliverable_final_report_stays_in_the_journal(panda_server: PandaS
     assert journal["final"]["state"] == "finished"
     assert f"pilot-ci.{panda_id}.log.tgz" in journal["final"]["job_output_report"]
     assert site.server_state(panda_id) == "running", "the server has not heard the end yet"
+
+
+def test_a_signal_cuts_the_retries_short(panda_server: PandaServer, tmp_path: Path) -> None:
+    site = PilotSite(tmp_path, panda_server)
+    log = tmp_path / "pilot.log"
+    panda_server.stop()
+    try:
+        proc = site.start("--retry-budget", "600", log=log)
+        try:
+            wait_for(lambda: "retry" in log.read_text(), 60, "the pilot retrying its job request")
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 128 + signal.SIGTERM, log.read_text()[-3000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    finally:
+        panda_server.start()
