@@ -17,6 +17,13 @@ from pilot.errors import ExitCode
 log = logging.getLogger("pilot")
 
 
+def _positive(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not greater than 0")
+    return value
+
+
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queue", "-q", required=True, help="the PanDA queue (site) name")
     p.add_argument("--dispatcher", "-d", required=True,
@@ -34,7 +41,7 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-job-wait", type=float, default=60.0, help="seconds to wait after a 'no job' (doubles)")
     p.add_argument("--max-failures", type=int, default=3, help="stop after K failed jobs in a row")
     p.add_argument("--stop-file", type=Path, help="stop taking jobs once this file exists (default: <workdir>/STOP)")
-    p.add_argument("--heartbeat", type=float, help="seconds between heartbeats (default: the queue's, 1800)")
+    p.add_argument("--heartbeat", type=_positive, help="seconds between heartbeats (default: the queue's, 1800)")
     p.add_argument("--keep-workdirs", action="store_true", help="keep each job's work dir after its report")
     p.add_argument("--pilot-id", default="", help="this pilot's identity (e.g. the batch job id)")
     p.add_argument("--scheduler-id", default=os.environ.get("PANDA_SCHEDULER_ID", ""), help="factory identity")

@@ -72,6 +72,8 @@ class QueueConfig:
                 extra[key] = raw
                 continue
             values[key] = _coerce(key, raw, type(getattr(cls(), key)))
+            if key in POSITIVE and values[key] <= 0:
+                raise ValueError(f"queue setting {key}={raw!r} must be greater than 0")
         if extra:
             log.warning("queue %s: settings not used by this pilot: %s", name, ", ".join(sorted(extra)))
         return cls(extra=extra, **values)
@@ -108,6 +110,9 @@ class QueueConfig:
                 old, new = item.split("^", 1)
                 pairs.append((old.strip(), new.strip()))
         return pairs
+
+
+POSITIVE = frozenset({"heartbeat", "debug_heartbeat"})  # 0 would mean a flood of updates
 
 
 def _coerce(key: str, raw: Any, kind: type) -> Any:

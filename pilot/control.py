@@ -1,9 +1,15 @@
 """Requests to stop, from signals, the server or the operator. Whoever asks only sets a flag and wakes
-the main thread; the main thread acts on it at its next tick."""
+the main thread; the main thread acts on it at its next tick.
+
+A signal handler may run while the main thread holds an Event's internal lock, so the handler itself
+takes no lock: it notes the signal and writes its number to a pipe; a relay thread turns that into the
+same kill request the server or the monitor would make.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from dataclasses import dataclass, field
@@ -16,6 +22,10 @@ log = logging.getLogger(__name__)
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGXCPU, signal.SIGBUS)
 
 
+def signal_error(signum: int) -> PilotError:
+    return PilotError(signal_code(signum), f"pilot received signal {signal.Signals(signum).name}")
+
+
 @dataclass
 class Control:
     wake: threading.Event = field(default_factory=threading.Event)
@@ -24,9 +34,12 @@ class Control:
     signum: Optional[int] = None  # the signal that ends this pilot
     job_kill: Optional[PilotError] = None  # stop the current job with this error
     softkill: bool = False  # finish the current job, take no more
+    _pipe: Optional[int] = field(default=None, repr=False)  # write end of the signal relay
 
     def new_job(self) -> None:
-        self.job_kill = None
+        """Before each job: forget the last job's kill, but not a signal (a job taken after a signal is
+        stopped before it starts)."""
+        self.job_kill = signal_error(self.signum) if self.signum is not None else None
         if self.signum is None:
             self.cancel.clear()
 
@@ -36,12 +49,35 @@ class Control:
         self.cancel.set()
         self.wake.set()
 
-    def on_signal(self, signum: int, _frame: object = None) -> None:
+    def on_signal(self, signum: int) -> None:
+        """What a signal means (run by the relay thread, never inside the handler)."""
         if self.signum is None:
             self.signum = signum
         self.stopping.set()
-        self.kill_job(PilotError(signal_code(signum), f"pilot received signal {signal.Signals(signum).name}"))
+        self.kill_job(signal_error(signum))
+
+    def _handler(self, signum: int, _frame: object) -> None:
+        if self.signum is None:
+            self.signum = signum
+        if self._pipe is not None:
+            try:
+                os.write(self._pipe, bytes([signum]))
+            except OSError:  # the pipe is full: the relay has plenty to do already
+                pass
 
     def install_signal_handlers(self) -> None:
+        read_end, write_end = os.pipe()
+        os.set_blocking(write_end, False)
+        self._pipe = write_end
+
+        def relay() -> None:
+            while True:
+                data = os.read(read_end, 16)
+                if not data:
+                    return
+                for signum in data:
+                    self.on_signal(signum)
+
+        threading.Thread(target=relay, name="signal-relay", daemon=True).start()
         for signum in HANDLED_SIGNALS:
-            signal.signal(signum, self.on_signal)
+            signal.signal(signum, self._handler)

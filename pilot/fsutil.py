@@ -6,7 +6,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -61,11 +61,15 @@ def tree_size(path: Path) -> int:
     return total
 
 
-def newest_mtime(path: Path) -> float:
-    """The latest modification time of anything under `path` (the directory itself included)."""
-    newest = os.stat(path).st_mtime
+def newest_mtime(path: Path, ignore: Collection[str] = ()) -> float:
+    """The latest modification time of anything below `path` (0 if empty). Entries of `path` itself
+    named in `ignore`, and their temporary '.<name>.*' files, do not count, nor does the mtime of `path`
+    (it changes whenever an ignored file is replaced)."""
+    newest = 0.0
     for root, dirs, files in os.walk(path):
         for name in (*dirs, *files):
+            if root == str(path) and (name in ignore or any(name.startswith(f".{i}.") for i in ignore)):
+                continue
             try:
                 newest = max(newest, os.lstat(os.path.join(root, name)).st_mtime)
             except OSError:

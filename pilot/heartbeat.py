@@ -35,21 +35,24 @@ class Reporter:
     def enter(self, state: str) -> None:
         """A new state that the next heartbeat will report, without an update of its own (saves a request
         for short steps: a long stage-out still shows as 'transferring')."""
-        self.current = state
-
-    def send(self, state: str, **fields: Any) -> Command:
-        """One update; raises DispatcherError when the dispatcher could not take it."""
-        self.current = state
-        update = JobUpdate(job_id=self.journal.panda_id, job_status=state, attempt_nr=self.journal.attempt_nr,
-                           **self.identity, **fields)
         with self._lock:
+            self.current = state
+
+    def send(self, state: Optional[str] = None, **fields: Any) -> Command:
+        """One update (state None: the current one, as a heartbeat repeats it); raises DispatcherError
+        when the dispatcher could not take it."""
+        with self._lock:
+            if state is not None:
+                self.current = state
+            update = JobUpdate(job_id=self.journal.panda_id, job_status=self.current,
+                               attempt_nr=self.journal.attempt_nr, **self.identity, **fields)
             self.sent += 1
             command = self.dispatcher.update_job(update)
-            self.journal.reported(state)
+            self.journal.reported(update.job_status)
         self._obey(command)
         return command
 
-    def try_send(self, state: str, **fields: Any) -> Optional[Command]:
+    def try_send(self, state: Optional[str] = None, **fields: Any) -> Optional[Command]:
         """An intermediate update: a failure is logged, not fatal (the final report is what counts).
         A refusal of our credentials is fatal all the same."""
         try:
@@ -57,7 +60,8 @@ class Reporter:
         except DispatcherError as exc:
             if exc.kind is FailureKind.AUTH:
                 raise
-            log.warning("update '%s' of job %d not delivered: %s", state, self.journal.panda_id, exc.diag)
+            log.warning("update '%s' of job %d not delivered: %s", state or self.current, self.journal.panda_id,
+                        exc.diag)
             return None
 
     def _obey(self, command: Command) -> None:
@@ -88,9 +92,11 @@ class Heartbeat(threading.Thread):
     def run(self) -> None:
         while not self._halt.wait(self.interval):
             try:
-                self.reporter.try_send(self.reporter.current)
+                self.reporter.try_send()
             except DispatcherError as exc:  # credentials refused: the main thread finds out at its next report
                 log.error("heartbeat refused: %s", exc.diag)
+            except Exception:  # whatever happens, the next heartbeat is still sent
+                log.exception("heartbeat failed")
 
     def stop(self) -> None:
         self._halt.set()

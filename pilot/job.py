@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from pilot.errors import ErrorCode, PilotError
+from pilot.layout import is_reserved
 from sitemovers.checksum import Checksum, ChecksumError
 
 NULLS = {"", "null", "none"}
-MAX_NAME = 255
+MAX_NAME = 255  # bytes, as file systems count
 
 
 class JobDefinitionError(PilotError):
@@ -101,8 +102,8 @@ def check_name(name: str, what: str = "file name") -> str:
     bad = ""
     if not name:
         bad = "is empty"
-    elif len(name) > MAX_NAME:
-        bad = f"is longer than {MAX_NAME} characters"
+    elif len(name.encode("utf-8", "surrogatepass")) > MAX_NAME:
+        bad = f"is longer than {MAX_NAME} bytes"
     elif "/" in name or "\\" in name:
         bad = "contains a path separator"
     elif name in (".", ".."):
@@ -111,6 +112,8 @@ def check_name(name: str, what: str = "file name") -> str:
         bad = "contains a control character"
     elif name.startswith("-"):
         bad = "starts with '-'"
+    elif is_reserved(name):
+        bad = "is reserved for the pilot's own files"
     if bad:
         raise PilotError(ErrorCode.BAD_FILE_NAME, f"{what} {name!r} {bad}")
     return name
@@ -121,9 +124,12 @@ def _int(raw: dict[str, Any], key: str, default: int = 0) -> int:
     if not text:
         return default
     try:
-        return int(float(text)) if "." in text else int(text)
-    except ValueError:
+        number = int(float(text)) if "." in text else int(text)
+    except (ValueError, OverflowError):
         raise PilotError(ErrorCode.CONVERSION_FAILURE, f"{key}={text!r} is not a number") from None
+    if number < 0 or number >= 2**63:
+        raise PilotError(ErrorCode.CONVERSION_FAILURE, f"{key}={text!r} is out of range")
+    return number
 
 
 def _list(raw: dict[str, Any], key: str) -> list[str]:
@@ -204,7 +210,9 @@ def panda_id_of(raw: Any) -> Optional[int]:
     if not isinstance(raw, dict):
         return None
     text = value(raw, "PandaID")
-    return int(text) if text.isdigit() and int(text) > 0 else None
+    if not (text.isascii() and text.isdigit() and 0 < int(text) < 2**63):
+        return None
+    return int(text)
 
 
 def parse_job(raw: Any) -> Job:
@@ -221,6 +229,9 @@ def parse_job(raw: Any) -> Job:
         return _parse(raw, panda_id)
     except PilotError as exc:
         raise JobDefinitionError(exc.code, exc.diag, panda_id, attempt_nr) from None
+    except Exception as exc:  # whatever else is wrong with it, the job is reported, not the pilot lost
+        raise JobDefinitionError(ErrorCode.CONVERSION_FAILURE, f"unreadable job definition: {exc!r}",
+                                 panda_id, attempt_nr) from None
 
 
 def _parse(raw: dict[str, Any], panda_id: int) -> Job:

@@ -16,6 +16,7 @@ finish the job from the step it reached.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -28,14 +29,15 @@ from typing import Any, Optional
 
 from pilot.config import PilotConfig, QueueConfig
 from pilot.control import Control
-from pilot.dispatcher.base import Dispatcher, DispatcherError, FailureKind
-from pilot.errors import ErrorCode, PilotError
+from pilot.dispatcher.base import Dispatcher, DispatcherError, FailureKind, JobUpdate
+from pilot.errors import ErrorCode, PilotError, one_line
 from pilot.heartbeat import Heartbeat, Reporter
 from pilot.job import Job
 from pilot.journal import Journal
+from pilot.layout import PILOT_LOG, STDERR, STDOUT
 from pilot.monitor import Limits, Monitor, watch
 from pilot.node import NodeInfo
-from pilot.payload import STDERR, STDOUT, Payload, build_command, payload_env
+from pilot.payload import Payload, build_command, payload_env
 from pilot.report import (
     job_log,
     job_metrics,
@@ -105,7 +107,12 @@ class JobRun:
 
     # --- the sequence ---------------------------------------------------------------------------------
     def run(self) -> JobResult:
-        self.workdir.mkdir(parents=True, exist_ok=False)
+        try:
+            self.workdir.mkdir(parents=True, exist_ok=False)
+        except OSError as exc:
+            code = ErrorCode.NO_LOCAL_SPACE if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ErrorCode.MKDIR
+            error = PilotError(code, f"cannot create the work dir {self.workdir}: {exc.strerror}")
+            return report_unrun(self.ctx, self.job.panda_id, self.job.attempt_nr, self.job.raw, error, None)
         with job_log(self.workdir):
             log.info("job %d (attempt %d) in %s", self.job.panda_id, self.job.attempt_nr, self.workdir)
             self.journal = Journal.create(self.workdir, self.job.panda_id, self.job.attempt_nr,
@@ -214,6 +221,10 @@ class JobRun:
             log.error("log of job %d not shipped: %s", self.job.panda_id, exc.diag)
             self._fail(exc if exc.code == ErrorCode.LOGFILE_CREATION else PilotError(exc.code, f"log: {exc.diag}"))
             return None
+        except Exception as exc:  # the report must follow, whatever broke here
+            log.exception("log of job %d not shipped", self.job.panda_id)
+            self._fail(PilotError(ErrorCode.LOGFILE_CREATION, f"log: {type(exc).__name__}: {exc}"))
+            return None
         finally:
             self.stager.bytes_moved += stager.bytes_moved
             self.timing["stageout"] = self.timing.get("stageout", 0.0) + time.monotonic() - begin
@@ -234,7 +245,7 @@ class JobRun:
             "end_time": utc(time.time()),
             "job_output_report": output_report(self.job, files) if files else None,
             "pilot_timing": pilot_timing(self.timing),
-            "pilot_log": tail(self.workdir / "pilot.log", 1024),
+            "pilot_log": tail(self.workdir / PILOT_LOG, 1024),
             "stdout": tail(self.workdir / STDOUT, 2048) or None,
         }
         if payload is not None and payload.proc is not None:
@@ -245,11 +256,11 @@ class JobRun:
             fields.update(max_pss=monitor.max_pss_kb or None, max_vmem=monitor.max_vmem_kb or None)
         if job_report is not None:
             fields["meta_data"] = json.dumps(job_report)
-            if isinstance(job_report.get("exitCode"), int) and job_report["exitCode"] != 0:
-                fields["exe_error_code"] = job_report["exitCode"]
-                fields["exe_error_diag"] = str(job_report.get("exitMsg", ""))[:250]
-            events = job_report.get("nEvents")
-            if isinstance(events, int):
+            exit_code, events = job_report.get("exitCode"), job_report.get("nEvents")
+            if _is_int32(exit_code) and exit_code != 0:
+                fields["exe_error_code"] = exit_code
+                fields["exe_error_diag"] = one_line(str(job_report.get("exitMsg", "")))
+            if _is_int32(events) and events >= 0:
                 fields["n_events"] = events
         fields["job_metrics"] = job_metrics(coreCount=self.job.core_count, nInputFiles=len(self.job.inputs),
                                             bytesIn=self._bytes("in"), bytesOut=self._bytes("out"))
@@ -261,7 +272,14 @@ class JobRun:
 
     def _final_report(self, log_entry: Optional[Transferred]) -> JobResult:
         state = "failed" if self.error is not None else "finished"
-        fields = self._final_fields(log_entry)
+        try:
+            fields = self._final_fields(log_entry)
+        except Exception:  # a bug in gathering figures must not cost the report itself
+            log.exception("figures of job %d incomplete", self.job.panda_id)
+            fields = {"pilot_error_code": int(self.error.code) if self.error else 0,
+                      "pilot_error_diag": self.error.diag if self.error else None,
+                      "job_output_report": output_report(self.job, [*self.outputs, *filter(None, [log_entry])])}
+            fields = {k: v for k, v in fields.items() if v is not None}
         self.journal.owe_final({"state": state, **fields})
         result = JobResult(
             panda_id=self.job.panda_id, state=state,
@@ -283,3 +301,38 @@ class JobRun:
         result.reported = True
         log.info("job %d %s (error %d) reported", self.job.panda_id, state, result.error_code)
         return result
+
+
+def _is_int32(value: Any) -> bool:
+    """A JSON integer the server can store (a bool is not one)."""
+    return isinstance(value, int) and not isinstance(value, bool) and -(2**31) <= value < 2**31
+
+
+def report_unrun(ctx: PilotContext, panda_id: int, attempt_nr: int, raw: dict[str, Any], error: PilotError,
+                 workdir: Optional[Path]) -> JobResult:
+    """A job that never started (a broken definition, no work dir) is reported failed at once. If the
+    dispatcher cannot take that report, it is kept in a journal in `workdir`, for recovery."""
+    fields = {"pilot_error_code": int(error.code), "pilot_error_diag": error.diag}
+    result = JobResult(panda_id, "failed", int(error.code), error.diag, workdir=workdir, reported=True)
+    try:
+        ctx.dispatcher.update_job(JobUpdate(job_id=panda_id, job_status="failed", attempt_nr=attempt_nr,
+                                            **ctx.identity, **fields))
+        return result
+    except DispatcherError as exc:
+        if exc.kind is FailureKind.AUTH:
+            raise
+        log.error("failure of job %d not delivered: %s", panda_id, exc.diag)
+    result.reported = False
+    if workdir is None:
+        log.error("job %d: no work dir to keep its report in", panda_id)
+        return result
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        journal = Journal.create(workdir, panda_id, attempt_nr, ctx.queue.name, ctx.node.host,
+                                 {str(k): str(v) for k, v in raw.items()})
+        journal.owe_final({"state": "failed", **fields})
+        journal.reach("staged_out")
+    except OSError as exc:
+        log.error("job %d: report kept nowhere: %s", panda_id, exc)
+    return result
+

@@ -7,15 +7,21 @@ is still owed to the dispatcher.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
+import logging
+import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from pilot.fsutil import atomic_write_json
+from pilot.layout import JOURNAL
 
-JOURNAL_NAME = "journal.json"
+log = logging.getLogger(__name__)
+
 
 # The steps of a job's life, in order.
 STEPS = ("created", "staged_in", "payload_done", "staged_out", "reported")
@@ -36,11 +42,13 @@ class Journal:
     final: Optional[dict[str, Any]] = None  # the final report, kept until the dispatcher took it
     recovery_attempts: int = 0
     updated: float = 0.0
+    # the heartbeat thread and the main thread both record in it: one change and save at a time
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     @classmethod
     def create(cls, workdir: Path, panda_id: int, attempt_nr: int, site: str, node: str,
                job: dict[str, str]) -> Journal:
-        journal = cls(Path(workdir) / JOURNAL_NAME, panda_id, attempt_nr, site, node, dict(job))
+        journal = cls(Path(workdir) / JOURNAL, panda_id, attempt_nr, site, node, dict(job))
         journal.reach("created")
         return journal
 
@@ -50,36 +58,49 @@ class Journal:
         data.pop("version", None)
         return cls(path=Path(path), **data)
 
-    def save(self) -> None:
-        self.updated = time.time()
-        data = asdict(self)
-        data.pop("path")
-        data["version"] = 1
-        atomic_write_json(self.path, data)
+    def save(self) -> bool:
+        """Write the journal; a failure (a full disk) is logged, not raised: the job goes on and is
+        reported all the same, only a later recovery would know less."""
+        with self._lock:
+            self.updated = time.time()
+            data = {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(self)
+                    if f.name not in ("path", "_lock")}
+            data["version"] = 1
+            try:
+                atomic_write_json(self.path, data)
+            except OSError as exc:
+                log.error("journal %s not saved: %s", self.path, exc)
+                return False
+            return True
 
     def reach(self, step: str) -> None:
         if step not in STEPS:
             raise ValueError(f"unknown journal step {step!r}")
-        self.step = step
-        self.steps[step] = time.time()
-        self.save()
+        with self._lock:
+            self.step = step
+            self.steps[step] = time.time()
+            self.save()
 
     def reported(self, state: str) -> None:
-        self.state = state
-        self.save()
+        with self._lock:
+            self.state = state
+            self.save()
 
     def file_done(self, direction: str, lfn: str, **info: Any) -> None:
-        self.files[f"{direction}:{lfn}"] = {"status": "done", **info}
-        self.save()
+        with self._lock:
+            self.files[f"{direction}:{lfn}"] = {"status": "done", **info}
+            self.save()
 
     def file_info(self, direction: str, lfn: str) -> Optional[dict[str, Any]]:
-        entry = self.files.get(f"{direction}:{lfn}")
-        return entry if entry and entry.get("status") == "done" else None
+        with self._lock:
+            entry = self.files.get(f"{direction}:{lfn}")
+            return dict(entry) if entry and entry.get("status") == "done" else None
 
     def owe_final(self, report: Optional[dict[str, Any]]) -> None:
         """Keep the final report until the dispatcher has taken it (None: it has)."""
-        self.final = report
-        self.save()
+        with self._lock:
+            self.final = report
+            self.save()
 
     def has_reached(self, step: str) -> bool:
         return STEPS.index(self.step) >= STEPS.index(step)

@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from pilot.dispatcher.base import DispatcherError, FailureKind, JobRequest, JobUpdate
+from pilot.dispatcher.base import DispatcherError, FailureKind, JobRequest
 from pilot.errors import ExitCode
 from pilot.job import JobDefinitionError, parse_job
-from pilot.jobrun import JobResult, JobRun, PilotContext
+from pilot.jobrun import JobResult, JobRun, PilotContext, report_unrun
 from pilot.node import free_mb
 
 log = logging.getLogger(__name__)
@@ -102,8 +102,7 @@ class Pilot:
                 if not ctx.config.max_no_job or state.no_job_in_row < ctx.config.max_no_job:
                     wait = no_job_wait(ctx.config, state.no_job_in_row)
                     log.info("no job available; asking again in %.1f s", wait)
-                    ctx.control.wake.clear()
-                    ctx.control.wake.wait(wait)
+                    ctx.control.stopping.wait(wait)  # a signal ends the wait
                 continue
             state.no_job_in_row = 0
             state.jobs += 1
@@ -138,15 +137,8 @@ class Pilot:
             if exc.panda_id is None:
                 ctx.dispatcher.reject(raw, exc.diag)
                 return None
-            update = JobUpdate(job_id=exc.panda_id, job_status="failed", attempt_nr=exc.attempt_nr,
-                               pilot_error_code=int(exc.code), pilot_error_diag=exc.diag, **ctx.identity)
-            try:
-                ctx.dispatcher.update_job(update)
-            except DispatcherError as err:
-                if err.kind is FailureKind.AUTH:
-                    raise
-                log.error("could not report the rejected job %d: %s", exc.panda_id, err.diag)
-            return JobResult(exc.panda_id, "failed", int(exc.code), exc.diag, reported=True)
+            return report_unrun(ctx, exc.panda_id, exc.attempt_nr, raw, exc,
+                                self._job_dir(exc.panda_id, exc.attempt_nr))
         return JobRun(job, ctx, self._job_dir(job.panda_id, job.attempt_nr), getjob_seconds).run()
 
     def _job_dir(self, panda_id: int, attempt_nr: int) -> Path:

@@ -22,8 +22,9 @@ from pilot.control import Control
 from pilot.errors import ErrorCode, PilotError
 from pilot.fsutil import newest_mtime, tree_size
 from pilot.job import Job
+from pilot.layout import PILOT_OWN, STDOUT
 from pilot.node import free_mb
-from pilot.payload import STDOUT, Payload
+from pilot.payload import Payload
 
 log = logging.getLogger(__name__)
 MB = 2**20
@@ -176,7 +177,8 @@ class Monitor:
         )
 
     def _looping(self, now: float) -> Optional[PilotError]:
-        return looping_verdict(newest_mtime(self.workdir), now, self.limits.looping)
+        last = max(newest_mtime(self.workdir, ignore=PILOT_OWN), self.payload.started)
+        return looping_verdict(last, now, self.limits.looping)
 
 
 def watch(payload: Payload, monitor: Monitor, control: Control) -> Optional[PilotError]:

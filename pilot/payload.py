@@ -26,17 +26,17 @@ import psutil
 from pilot.config import QueueConfig
 from pilot.errors import ErrorCode, PilotError
 from pilot.job import Job, check_name
+from pilot.layout import JOB_REPORT, STDERR, STDOUT, TMP
 
 log = logging.getLogger(__name__)
 
-STDOUT = "payload.stdout"
-STDERR = "payload.stderr"
-JOB_REPORT = "jobReport.json"
 PR_SET_CHILD_SUBREAPER = 36
 
-# Variables of the pilot's environment that the payload keeps; everything else is dropped.
+# Variables of the pilot's environment that the payload keeps; everything else is dropped. The pilot's
+# own credentials go to production payloads only, never to a user's (analysis) payload.
 PASS_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "SHELL",
-            "X509_USER_PROXY", "X509_CERT_DIR", "X509_VOMS_DIR", "BEARER_TOKEN_FILE", "SITE_NAME")
+            "X509_CERT_DIR", "X509_VOMS_DIR", "SITE_NAME")
+PILOT_CREDENTIALS = ("X509_USER_PROXY", "BEARER_TOKEN_FILE")
 
 
 def become_subreaper() -> bool:
@@ -49,9 +49,10 @@ def become_subreaper() -> bool:
 
 
 def payload_env(job: Job, workdir: Path, base: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in base.items() if k in PASS_ENV or k.startswith("LC_")}
+    keep = PASS_ENV if job.is_analysis else PASS_ENV + PILOT_CREDENTIALS
+    env = {k: v for k, v in base.items() if k in keep or k.startswith("LC_")}
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-    tmp = workdir / "tmp"
+    tmp = workdir / TMP
     tmp.mkdir(exist_ok=True)
     cores = str(job.core_count)
     env.update({
@@ -141,12 +142,17 @@ class Payload:
             stdout.close()
             stderr.close()
         self.started = time.time()
-        self.tracked[self.proc.pid] = Tracked(self.proc.pid, _created_pid(self.proc.pid))
-        log.info("payload started, pid %d: %s", self.proc.pid, shlex.join(self.argv))
+        pid = self.proc.pid
+        self.tracked[pid] = Tracked(pid, _created_pid(pid))
+        log.info("payload started, pid %d: %s", pid, shlex.join(self.argv))
 
         def wait() -> None:
-            assert self.proc is not None
-            self.proc.wait()
+            # Notice the end without reaping: the zombie keeps the PID, and with it the process group
+            # ID, ours until reap(), so a group signal can never reach a stranger that reused the number.
+            try:
+                os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+            except ChildProcessError:
+                pass
             self.ended = time.time()
             self.exited.set()
             on_exit.set()
@@ -155,74 +161,75 @@ class Payload:
 
     @property
     def returncode(self) -> Optional[int]:
-        return self.proc.returncode if self.proc is not None and self.exited.is_set() else None
+        """The main process's exit status, once reap() has collected it."""
+        return self.proc.returncode if self.proc is not None else None
 
     def processes(self) -> list[psutil.Process]:
-        """The payload's live processes: the group leader's descendants and orphans re-parented to us."""
+        """The payload's processes: the main one, its descendants, and any orphan re-parented to the
+        pilot since the start (with the pilot a subreaper, a daemonizing payload lands there)."""
         found: dict[int, psutil.Process] = {}
         try:
-            me = psutil.Process()
-            for child in me.children():
-                key = (child.pid, _created(child))
-                if key in self._before or (self.proc is not None and child.pid == self.proc.pid):
-                    continue
-                if key[1] >= self.started - 1:
-                    found[child.pid] = child
-            if self.proc is not None and not self.exited.is_set():
-                leader = psutil.Process(self.proc.pid)
-                found[leader.pid] = leader
-                for p in leader.children(recursive=True):
-                    found[p.pid] = p
-            for p in list(found.values()):
-                if p.pid != (self.proc.pid if self.proc else -1):
-                    for q in p.children(recursive=True):
-                        found[q.pid] = q
+            roots = [c for c in psutil.Process().children()
+                     if (c.pid, _created(c)) not in self._before and _created(c) >= self.started - 1]
         except psutil.Error:
-            pass
+            roots = []
+        for root in roots:
+            found[root.pid] = root
+            try:
+                found.update((p.pid, p) for p in root.children(recursive=True))
+            except psutil.Error:
+                pass
+        for pid, info in self.tracked.items():  # what polling saw, where the pilot is no subreaper
+            if pid not in found:
+                alive = _alive(info)
+                if alive is not None:
+                    found[pid] = alive
         for pid, p in found.items():
             self.tracked.setdefault(pid, Tracked(pid, _created(p)))
-        for pid, info in list(self.tracked.items()):
-            if pid not in found:
-                p = _alive(info)
-                if p is not None:
-                    found[pid] = p
         return list(found.values())
 
+    def _others(self) -> list[psutil.Process]:
+        """Every payload process but the main one (which only reap() may collect)."""
+        leader = self.proc.pid if self.proc is not None else -1
+        return [p for p in self.processes() if p.pid != leader]
+
     def kill(self, grace: float) -> None:
-        """SIGTERM to the process group and every tracked process, `grace` seconds, then SIGKILL."""
+        """SIGTERM to the process group and every payload process, `grace` seconds, then SIGKILL."""
         if self.proc is None:
             return
-        others = [p for p in self.processes() if p.pid != self.proc.pid]
-        self._signal_all(signal.SIGTERM, others)
         deadline = time.monotonic() + grace
+        self._signal_all(signal.SIGTERM, self._others())
         self.exited.wait(grace)
-        _, alive = psutil.wait_procs(others, timeout=max(0.0, deadline - time.monotonic()))
-        self._signal_all(signal.SIGKILL, alive + [p for p in self.processes() if p.pid != self.proc.pid])
+        psutil.wait_procs(self._others(), timeout=max(0.0, deadline - time.monotonic()))
+        self._signal_all(signal.SIGKILL, self._others())
         self.exited.wait(10)
         self.reap()
 
     def reap(self) -> None:
-        """Kill and reap whatever of the payload is left after its main process ended."""
+        """Kill whatever of the payload is left after its main process ended, then collect that one."""
+        if self.proc is None:
+            return
         for _ in range(5):
-            left = [p for p in self.processes() if self.proc is None or p.pid != self.proc.pid]
+            left = self._others()
             if not left:
                 break
             log.info("killing %d leftover payload process(es): %s", len(left), [p.pid for p in left])
             self._signal_all(signal.SIGKILL, left)
             psutil.wait_procs(left, timeout=5)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            log.error("payload process %d does not end even after SIGKILL", self.proc.pid)
         self._account()
 
     def _signal_all(self, signum: int, procs: list[psutil.Process]) -> None:
         assert self.proc is not None
-        try:
-            os.killpg(self.proc.pid, signum)
-        except (ProcessLookupError, PermissionError):
-            pass
-        if not self.exited.is_set():
-            try:
-                self.proc.send_signal(signum)
-            except ProcessLookupError:
-                pass
+        if self.proc.returncode is None:  # not yet reaped: the PID and group ID are still the payload's
+            for send in (os.killpg, os.kill):  # the group, and the main process should it have left it
+                try:
+                    send(self.proc.pid, signum)
+                except (ProcessLookupError, PermissionError):
+                    pass
         for p in procs:
             try:
                 p.send_signal(signum)

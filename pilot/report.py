@@ -12,12 +12,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 from pilot.errors import ErrorCode, PilotError, one_line
-from pilot.journal import JOURNAL_NAME
-from pilot.payload import JOB_REPORT, STDERR, STDOUT
+from pilot.layout import JOB_REPORT, JOURNAL, PILOT_LOG, STDERR, STDOUT
 
 log = logging.getLogger(__name__)
 
-PILOT_LOG = "pilot.log"
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s | %(message)s"
 MAX_JOB_REPORT = 4 * 2**20  # a bigger job report is not sent as metaData
 TIMING_KEYS = ("getjob", "stagein", "payload", "stageout", "setup")
@@ -27,15 +25,21 @@ TIMING_KEYS = ("getjob", "stagein", "payload", "stageout", "setup")
 def job_log(workdir: Path) -> Iterator[Path]:
     """Everything the pilot logs while this job runs also goes to the job's own log file."""
     path = workdir / PILOT_LOG
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    try:
+        handler: Optional[logging.Handler] = logging.FileHandler(path, encoding="utf-8")
+    except OSError as exc:
+        log.error("no job log file %s: %s", path, exc)
+        handler = None
     root = logging.getLogger()
-    root.addHandler(handler)
+    if handler is not None:
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        root.addHandler(handler)
     try:
         yield path
     finally:
-        root.removeHandler(handler)
-        handler.close()
+        if handler is not None:
+            root.removeHandler(handler)
+            handler.close()
 
 
 def tail(path: Path, limit: int) -> str:
@@ -81,7 +85,7 @@ def make_log_tarball(workdir: Path, name: str) -> Path:
     inner = inner[: -len(".tar")] if inner.endswith(".tar") else inner
     try:
         with tarfile.open(target, "w:gz") as tar:
-            for member in (PILOT_LOG, STDOUT, STDERR, JOB_REPORT, JOURNAL_NAME):
+            for member in (PILOT_LOG, STDOUT, STDERR, JOB_REPORT, JOURNAL):
                 path = workdir / member
                 if path.is_file():
                     tar.add(path, arcname=f"{inner}/{member}")

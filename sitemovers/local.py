@@ -15,15 +15,19 @@ from sitemovers.checksum import Cancelled, copy_with_checksum
 
 
 def local_path(url: str) -> Path:
-    """file:///a/b or /a/b -> Path('/a/b')."""
+    """file:///a/b (percent-quoted) or /a/b -> Path('/a/b'); never a path that climbs with '..'."""
     if url.startswith("file:"):
         parsed = urlparse(url)
-        if parsed.netloc not in ("", "localhost"):
+        if parsed.netloc not in ("", "localhost") or parsed.query or parsed.fragment:
             raise TransferError(Failure.FAILED, f"{url}: not a local file URL")
-        return Path(unquote(parsed.path))
-    if not url.startswith("/"):
+        path = Path(unquote(parsed.path))
+    elif url.startswith("/"):
+        path = Path(url)
+    else:
         raise TransferError(Failure.FAILED, f"{url}: the local mover needs an absolute path or file:// URL")
-    return Path(url)
+    if ".." in path.parts:
+        raise TransferError(Failure.FAILED, f"{url}: '..' in a storage path")
+    return path
 
 
 class LocalSiteMover(SiteMover):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 from pilot.config import PilotConfig
@@ -12,17 +13,14 @@ from pilot.dispatcher.base import Dispatcher, DispatcherError, FailureKind
 def make_dispatcher(config: PilotConfig, stopping: threading.Event) -> Dispatcher:
     """The PanDA server for an http(s) URL, else the embedded directory dispatcher.
 
-    `stopping` cuts a retry wait short when the pilot is told to end (a batch system's SIGTERM leaves
-    little time): the request is then given up and whatever it carried stays in the job's journal.
+    `stopping` shortens the retries once the pilot is told to end (a batch system's SIGTERM leaves
+    little time): a request is then retried for a few seconds more and given up; whatever it carried
+    stays in the job's journal.
     """
     if config.is_remote:
         from pilot.dispatcher.panda import PandaConfig, PandaDispatcher  # requests only when needed
 
         token = Path(config.token_file).read_text().strip() if config.token_file else None
-
-        def sleep(seconds: float) -> None:
-            if stopping.wait(seconds):
-                raise DispatcherError(FailureKind.TRANSPORT, "retry abandoned: the pilot is stopping")
 
         return PandaDispatcher(
             PandaConfig(
@@ -38,8 +36,27 @@ def make_dispatcher(config: PilotConfig, stopping: threading.Event) -> Dispatche
                 timeout=config.request_timeout,
                 retry_budget=config.retry_budget,
             ),
-            sleep=sleep,
+            sleep=StopAwareSleep(stopping),
         )
     from pilot.dispatcher.local import LocalDispatcher
 
     return LocalDispatcher(Path(config.dispatcher))
+
+
+class StopAwareSleep:
+    """The wait between retries: as asked while the pilot runs; once it is stopping, at most a second at
+    a time and for `window` seconds in all, then the retry is abandoned."""
+
+    def __init__(self, stopping: threading.Event, window: float = 10.0) -> None:
+        self.stopping = stopping
+        self.window = window
+        self.since: float = 0.0
+
+    def __call__(self, seconds: float) -> None:
+        if not self.stopping.wait(seconds):
+            return
+        now = time.monotonic()
+        self.since = self.since or now
+        if now - self.since >= self.window:
+            raise DispatcherError(FailureKind.TRANSPORT, "retry abandoned: the pilot is stopping")
+        time.sleep(min(seconds, 1.0))

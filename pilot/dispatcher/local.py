@@ -63,8 +63,10 @@ class LocalDispatcher(Dispatcher):
             return
         for number, job in enumerate(jobs):
             name = str(job.get("PandaID", "")) if isinstance(job, dict) else ""
-            safe = name if name.isdigit() else f"push-{time.time_ns()}-{number}"
-            atomic_write_json(self.root / f"{safe}.json", job)
+            target = self.root / f"{name}.json"
+            if not (name.isascii() and name.isdigit()) or target.exists():
+                target = self.root / f"push-{time.time_ns()}-{number}.json"
+            atomic_write_json(target, job)
 
     def _reject(self, path: Path, reason: str) -> None:
         target = self.root / "rejected" / path.name

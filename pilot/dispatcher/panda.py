@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import requests
 from requests.exceptions import ChunkedEncodingError, SSLError
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
 from pilot.dispatcher.base import (
     Command,
@@ -284,6 +285,12 @@ class PandaDispatcher(Dispatcher):
                 failure = f"TLS error: {exc}"
             except (requests.ConnectionError, requests.Timeout, ChunkedEncodingError) as exc:
                 failure = f"{type(exc).__name__}: {exc}"
+                if op == "get_job" and not _never_sent(exc):
+                    # The server may have handed us a job whose reply was lost: asking again would
+                    # take a second one and leave the first without a pilot.
+                    raise DispatcherError(
+                        FailureKind.TRANSPORT, f"{path}: reply lost, not asked again: {failure}"
+                    ) from None
             except requests.RequestException as exc:
                 raise DispatcherError(FailureKind.TRANSPORT, f"{path}: request failed: {exc}") from None
             except OSError as exc:  # requests reports missing CA/cert files as plain OSError
@@ -390,3 +397,12 @@ def _as_str(value: Any) -> str:
     if isinstance(value, (dict, list)):
         return json.dumps(value)
     return str(value)
+
+
+def _never_sent(exc: Exception) -> bool:
+    """True when the request surely did not reach the server (no connection could be made)."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(reason, (NewConnectionError, ConnectTimeoutError))
+

@@ -8,7 +8,8 @@ import os
 import pytest
 
 from pilot import fsutil
-from pilot.journal import JOURNAL_NAME, STEPS, Journal
+from pilot.journal import STEPS, Journal
+from pilot.layout import JOURNAL as JOURNAL_NAME
 
 RAW = {"PandaID": "7", "attemptNr": "1", "transformation": "run.sh"}
 
@@ -111,10 +112,27 @@ def test_failed_rename_keeps_the_previous_journal_and_no_temp_file(journal, tmp_
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(fsutil.os, "replace", broken_replace)
-    with pytest.raises(OSError):
-        journal.reach("payload_done")
+    journal.reach("payload_done")  # a full disk must not take the job down: logged, not raised
+    assert journal.save() is False
     monkeypatch.undo()
     assert on_disk(tmp_path) == before
+    assert journal.save() is True
+    assert on_disk(tmp_path)["step"] == "payload_done"
+
+
+def test_concurrent_changes_never_break_a_save(journal):
+    import threading
+
+    def beat() -> None:
+        for _ in range(200):
+            journal.reported("running")
+
+    thread = threading.Thread(target=beat)
+    thread.start()
+    for n in range(200):
+        journal.file_done("out", f"f{n}.root", fsize=n)
+    thread.join()
+    assert len(Journal.load(journal.path).files) == 200
 
 
 def test_atomic_write_json_replaces_whole_file(tmp_path):

@@ -172,10 +172,10 @@ class NoJobDispatcher:
 def test_pilot_waits_between_no_job_answers(tmp_path, max_no_job):
     """--max-no-job 0 means no limit (stop_reason ignores it); the pilot must still back off, not spin."""
     ctx = context(tmp_path, max_no_job=max_no_job, no_job_wait=10.0, no_job_wait_max=100.0)
-    ctx.control.wake = RecordingEvent()
+    ctx.control.stopping = RecordingEvent()
     ctx.dispatcher = NoJobDispatcher(ctx, answers=5)
     exit_code = loop.Pilot(ctx, clock=lambda: START).run()
     assert ctx.dispatcher.asked == 5
-    assert len(ctx.control.wake.waits) >= 4, "asked again without waiting"
-    assert all(w > 0 for w in ctx.control.wake.waits)
+    assert len(ctx.control.stopping.waits) >= 4, "asked again without waiting"
+    assert all(w > 0 for w in ctx.control.stopping.waits)
     assert exit_code == loop.ExitCode.NO_JOBS

@@ -134,6 +134,8 @@ def test_deadline_is_the_pilot_deadline_minus_margin(limits_for):
 
 # --- Monitor: which checks run, and when ------------------------------------------------------------
 class FakePayload:
+    started = 0.0
+
     def __init__(self, processes=()):
         self._processes = list(processes)
 
@@ -271,6 +273,20 @@ def test_looping_check_uses_newest_mtime(tmp_path, clock):
     os.utime(tmp_path / "out.txt", (clock(), clock()))
     clock.advance(600)
     assert mon.run_due() is None
+
+
+def test_the_pilots_own_files_are_no_sign_of_life(tmp_path, clock):
+    old = clock() - 10_000
+    (tmp_path / "out.txt").write_text("x")
+    os.utime(tmp_path / "out.txt", (old, old))
+    mon = monitor(tmp_path, clock, looping=3600)
+    clock.advance(600)
+    # heartbeats rewrite the journal (through a temporary file) and the pilot logs: not the payload
+    for name in ("journal.json", "pilot.log", ".journal.json.abc.tmp"):
+        (tmp_path / name).write_text("pilot")
+        os.utime(tmp_path / name, (clock(), clock()))
+    os.utime(tmp_path, (clock(), clock()))
+    assert mon.run_due().code == ErrorCode.LOOPING
 
 
 def test_memory_check_measures_and_keeps_peaks(tmp_path, clock):

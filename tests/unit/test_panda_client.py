@@ -9,6 +9,7 @@ from urllib.parse import parse_qsl
 import pytest
 import requests
 import responses
+from urllib3.exceptions import MaxRetryError, NewConnectionError
 
 from pilot.dispatcher.base import Command, DispatcherError, FailureKind, JobRequest, JobUpdate
 from pilot.dispatcher.panda import PandaConfig, PandaDispatcher
@@ -252,12 +253,32 @@ def test_no_budget_means_one_attempt(mock, fake):
     assert d.requests_sent == 1 and fake.sleeps == [] and "HTTP 504" in err.diag
 
 
-@pytest.mark.parametrize("exc", [requests.ConnectionError("refused"), requests.Timeout("read timed out")])
-def test_connection_errors_retried_then_transport(mock, fake, exc):
+REFUSED = requests.ConnectionError(MaxRetryError(None, "/", NewConnectionError(None, "Connection refused")))
+
+
+@pytest.mark.parametrize("exc", [REFUSED, requests.ConnectTimeout("connect timed out"),
+                                 requests.ConnectionError("reset"), requests.ReadTimeout("read timed out")])
+def test_update_connection_errors_retried_then_transport(mock, fake, exc):
+    mock.post(V1_UPDATE, body=exc)
+    d = make(fake, retry_budget=10)
+    err = fails(FailureKind.TRANSPORT, lambda: d.update_job(JobUpdate(1, "running", 1)))
+    assert d.requests_sent > 1 and type(exc).__name__ in err.diag
+
+
+@pytest.mark.parametrize("exc", [REFUSED, requests.ConnectTimeout("connect timed out")])
+def test_job_request_retried_while_it_never_reached_the_server(mock, fake, exc):
+    mock.post(V1_GET, body=exc)
+    d = make(fake, retry_budget=10)
+    fails(FailureKind.TRANSPORT, lambda: d.get_job(request()))
+    assert d.requests_sent > 1
+
+
+@pytest.mark.parametrize("exc", [requests.ConnectionError("connection aborted"), requests.ReadTimeout("read")])
+def test_job_request_not_repeated_once_the_server_may_have_answered(mock, fake, exc):
     mock.post(V1_GET, body=exc)
     d = make(fake, retry_budget=10)
     err = fails(FailureKind.TRANSPORT, lambda: d.get_job(request()))
-    assert d.requests_sent > 1 and type(exc).__name__ in err.diag
+    assert d.requests_sent == 1 and "not asked again" in err.diag
 
 
 def test_connection_error_then_success(mock, fake):

@@ -1,0 +1,105 @@
+"""One job's life in-process, where failures can be injected: the final report must always be sent."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pilot.config import PilotConfig, QueueConfig
+from pilot.control import Control
+from pilot.dispatcher.base import Dispatcher, DispatcherError, FailureKind, JobStatus
+from pilot.dispatcher.local import LocalDispatcher
+from pilot.errors import ErrorCode, PilotError
+from pilot.job import parse_job
+from pilot.jobrun import JobRun, PilotContext, report_unrun
+from pilot.node import NodeInfo
+from sitemovers.registry import Registry
+
+
+def context(tmp_path: Path, dispatcher: Dispatcher) -> PilotContext:
+    (tmp_path / "se").mkdir(exist_ok=True)
+    return PilotContext(
+        config=PilotConfig(queue="Q", dispatcher=str(tmp_path / "jobs"), workdir=tmp_path / "work"),
+        queue=QueueConfig(name="Q", se=str(tmp_path / "se"), kill_grace=2),
+        node=NodeInfo(host="node01", cores=2, memory_mb=4000, disk_free_mb=10_000, cpu_mhz=0),
+        dispatcher=dispatcher, registry=Registry(), control=Control(),
+    )
+
+
+def job(panda_id: int = 7, script: str = "echo hi > out.dat", outputs: str = "out.dat,7.log.tgz"):
+    return parse_job({"PandaID": str(panda_id), "attemptNr": "2", "transformation": "/bin/sh",
+                      "jobPars": f"-c '{script}'", "outFiles": outputs, "logFile": "7.log.tgz"})
+
+
+class Unreachable(Dispatcher):
+    def get_job(self, request):
+        return None
+
+    def update_job(self, update):
+        raise DispatcherError(FailureKind.TRANSPORT, "connection refused")
+
+    def job_status(self, job_id):
+        return JobStatus(job_id, "unknown")
+
+
+def test_a_job_is_reported_even_when_its_journal_cannot_be_written(tmp_path, monkeypatch):
+    local = LocalDispatcher(tmp_path / "jobs")
+
+    def disk_full(path, obj):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("pilot.journal.atomic_write_json", disk_full)
+    result = JobRun(job(), context(tmp_path, local), tmp_path / "work" / "job7").run()
+    assert result.reported and result.state == "finished"
+    final = local.history(7)[-1]
+    assert final["job_status"] == "finished" and "out.dat" in final["job_output_report"]
+
+
+def test_a_work_dir_that_cannot_be_made_fails_the_job_1199(tmp_path):
+    local = LocalDispatcher(tmp_path / "jobs")
+    (tmp_path / "work").write_text("a file where the pilot's work dir should be")
+    result = JobRun(job(), context(tmp_path, local), tmp_path / "work" / "job7").run()
+    assert (result.state, result.error_code, result.reported) == ("failed", ErrorCode.MKDIR, True)
+    assert local.history(7)[-1]["pilot_error_code"] == ErrorCode.MKDIR
+
+
+def test_an_undeliverable_final_report_is_kept_with_the_work_dir(tmp_path):
+    workdir = tmp_path / "work" / "job7"
+    result = JobRun(job(), context(tmp_path, Unreachable()), workdir).run()
+    assert result.state == "finished" and not result.reported
+    journal = json.loads((workdir / "journal.json").read_text())
+    assert journal["step"] == "staged_out" and journal["final"]["state"] == "finished"
+    assert (tmp_path / "se" / "out.dat").read_text() == "hi\n", "the output is in storage"
+
+
+def test_an_unrun_job_whose_failure_cannot_be_delivered_gets_a_journal(tmp_path):
+    error = PilotError(ErrorCode.BAD_FILE_NAME, "file name 'a/b' contains a path separator")
+    workdir = tmp_path / "work" / "job9"
+    result = report_unrun(context(tmp_path, Unreachable()), 9, 1, {"PandaID": 9, "outFiles": "a/b"}, error, workdir)
+    assert not result.reported
+    journal = json.loads((workdir / "journal.json").read_text())
+    assert journal["final"] == {"state": "failed", "pilot_error_code": 1371,
+                                "pilot_error_diag": "file name 'a/b' contains a path separator"}
+    assert journal["job"]["PandaID"] == "9"
+
+
+def test_a_refused_identity_is_not_swallowed(tmp_path):
+    class Refusing(Unreachable):
+        def update_job(self, update):
+            raise DispatcherError(FailureKind.AUTH, "no production/pilot role")
+
+    with pytest.raises(DispatcherError):
+        report_unrun(context(tmp_path, Refusing()), 9, 1, {}, PilotError(ErrorCode.NOT_DEFINED), tmp_path / "w")
+
+
+def test_a_job_taken_after_a_signal_is_never_run(tmp_path):
+    local = LocalDispatcher(tmp_path / "jobs")
+    ctx = context(tmp_path, local)
+    ctx.control.on_signal(15)
+    ctx.control.new_job()  # what the loop does when a job arrives after the signal
+    result = JobRun(job(script="touch ran.flag"), ctx, tmp_path / "work" / "job7").run()
+    assert result.error_code == ErrorCode.SIGTERM
+    assert [h["job_status"] for h in local.history(7)] == ["starting", "failed"]
+    assert "7.log.tgz" in local.history(7)[-1]["job_output_report"]
