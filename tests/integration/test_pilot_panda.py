@@ -7,6 +7,7 @@ pass finalizes them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import sys
 import time
 import uuid
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from pilot.errors import ErrorCode, ExitCode
@@ -49,35 +51,10 @@ class PilotSite:
     def argv(self, *extra: str, allowed: bool = True) -> list[str]:
         srv = self.server
         cert, key = (srv.client_cert, srv.client_key) if allowed else (srv.bad_client_cert, srv.bad_client_key)
-        return [
-            sys.executable,
-            "-m",
-            "pilot",
-            "run",
-            "--queue",
-            srv.site,
-            "--dispatcher",
-            srv.url,
-            "--dispatcher-api",
-            srv.api,
-            "--cacert",
-            str(srv.ca_cert),
-            "--cert",
-            str(cert),
-            "--key",
-            str(key),
-            "--queue-config",
-            str(self.queue),
-            "--workdir",
-            str(self.root / "work"),
-            "--max-no-job",
-            "1",
-            "--no-job-wait",
-            "0",
-            "--retry-budget",
-            "120",
-            *extra,
-        ]
+        return [sys.executable, "-m", "pilot", "run", "--queue", srv.site, "--dispatcher", srv.url,
+                "--dispatcher-api", srv.api, "--cacert", str(srv.ca_cert), "--cert", str(cert), "--key", str(key),
+                "--queue-config", str(self.queue), "--workdir", str(self.root / "work"), "--max-no-job", "1",
+                "--no-job-wait", "0", "--retry-budget", "120", *extra]  # fmt: skip
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("X509_", "REQUESTS_", "HTTPS_", "https_"))}
@@ -85,20 +62,22 @@ class PilotSite:
         return env
 
     def run(self, *extra: str, allowed: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            self.argv(*extra, allowed=allowed),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=self.env(),
-            cwd=self.root,
-        )
+        return subprocess.run(self.argv(*extra, allowed=allowed), capture_output=True, text=True,
+                              timeout=timeout, env=self.env(), cwd=self.root)  # fmt: skip
 
-    def start(self, *extra: str, log: Path) -> subprocess.Popen:
+    @contextlib.contextmanager
+    def started(self, *extra: str) -> Iterator[tuple[subprocess.Popen, Path]]:
+        """A pilot running in the background, its output in a log file; killed (by PID) if still alive."""
+        log = self.root / "pilot.out"
         with open(log, "w") as out:
-            return subprocess.Popen(
-                self.argv(*extra), stdout=out, stderr=subprocess.STDOUT, env=self.env(), cwd=self.root
-            )
+            proc = subprocess.Popen(self.argv(*extra), stdout=out, stderr=subprocess.STDOUT, env=self.env(),
+                                    cwd=self.root)  # fmt: skip
+        try:
+            yield proc, log
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
     def server_state(self, panda_id: int) -> str:
         return str(self.server.job_state(panda_id).get("jobstatus", ""))
@@ -140,16 +119,11 @@ def test_server_side_kill_stops_the_payload_and_fails_the_job_1144(panda_server:
     site = PilotSite(tmp_path, panda_server)
     pidfile = tmp_path / "payload.pid"
     panda_id = panda_server.insert_job(job_pars=f"-c 'echo $$ > {pidfile}; sleep 600'")
-    proc = site.start("--heartbeat", "1", log=tmp_path / "pilot.log")
-    try:
+    with site.started("--heartbeat", "1") as (proc, log):
         payload = read_pids(pidfile, 1, timeout=60)[0]
         wait_for(lambda: site.server_state(panda_id) == "running", 60, "the job running on the server")
         panda_server.kill_job(panda_id)
-        assert proc.wait(timeout=120) == ExitCode.OK, (tmp_path / "pilot.log").read_text()[-3000:]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        assert proc.wait(timeout=120) == ExitCode.OK, log.read_text()[-3000:]
     assert pids_alive([payload]) == []
     assert panda_server.job_state(panda_id)["piloterrorcode"] == ErrorCode.KILLED_BY_SERVER
 
@@ -170,21 +144,14 @@ def test_the_job_survives_a_server_restart(panda_server: PandaServer, tmp_path: 
     flag = tmp_path / "go"
     out = f"out-{uuid.uuid4().hex[:12]}.dat"
     panda_id = panda_server.insert_job(
-        outputs=[out], job_pars=f"-c 'while [ ! -e {flag} ]; do sleep 0.1; done; echo done > {out}'"
-    )
-    log = tmp_path / "pilot.log"
-    proc = site.start(log=log)
-    try:
+        outputs=[out], job_pars=f"-c 'while [ ! -e {flag} ]; do sleep 0.1; done; echo done > {out}'")
+    with site.started() as (proc, log):
         wait_for(lambda: site.server_state(panda_id) == "running", 60, "the job running on the server")
         panda_server.stop()
         flag.touch()  # the payload ends while the server is down: the final report must wait for it
         wait_for(lambda: "retry" in log.read_text(), 60, "the pilot retrying its report")
         panda_server.start()
         assert proc.wait(timeout=240) == ExitCode.OK, log.read_text()[-3000:]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     panda_server.run_adder()
     state = panda_server.job_state(panda_id)
     assert (state["table"], state["jobstatus"]) == ("jobsarchived4", "finished"), state
@@ -194,17 +161,13 @@ def test_an_undeliverable_final_report_stays_in_the_journal(panda_server: PandaS
     site = PilotSite(tmp_path, panda_server)
     flag = tmp_path / "go"
     panda_id = panda_server.insert_job(job_pars=f"-c 'while [ ! -e {flag} ]; do sleep 0.1; done'")
-    log = tmp_path / "pilot.log"
-    proc = site.start("--retry-budget", "3", log=log)
     try:
-        wait_for(lambda: site.server_state(panda_id) == "running", 60, "the job running on the server")
-        panda_server.stop()
-        flag.touch()
-        assert proc.wait(timeout=120) == ExitCode.SERVER_COMMUNICATION, log.read_text()[-3000:]
+        with site.started("--retry-budget", "3") as (proc, log):
+            wait_for(lambda: site.server_state(panda_id) == "running", 60, "the job running on the server")
+            panda_server.stop()
+            flag.touch()
+            assert proc.wait(timeout=120) == ExitCode.SERVER_COMMUNICATION, log.read_text()[-3000:]
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
         panda_server.start()
     journals = list((tmp_path / "work").glob("PanDA_Pilot-*/journal.json"))
     assert len(journals) == 1, "the job's work dir is kept for recovery"
@@ -217,17 +180,11 @@ def test_an_undeliverable_final_report_stays_in_the_journal(panda_server: PandaS
 
 def test_a_signal_cuts_the_retries_short(panda_server: PandaServer, tmp_path: Path) -> None:
     site = PilotSite(tmp_path, panda_server)
-    log = tmp_path / "pilot.log"
     panda_server.stop()
     try:
-        proc = site.start("--retry-budget", "600", log=log)
-        try:
+        with site.started("--retry-budget", "600") as (proc, log):
             wait_for(lambda: "retry" in log.read_text(), 60, "the pilot retrying its job request")
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=30) == 128 + signal.SIGTERM, log.read_text()[-3000:]
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
     finally:
         panda_server.start()
