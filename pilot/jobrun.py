@@ -126,9 +126,8 @@ class JobRun:
                 self._step("stagein", self._stage_in)
                 self.reporter.try_send("running")
                 self._step("payload", self._run_payload)
-                if self.error is None:
-                    self.reporter.enter("transferring")
-                    self._step("stageout", self._stage_out_outputs)
+                self.reporter.enter("transferring")
+                self._step("stageout", self._stage_out_outputs)
             except DispatcherError as exc:
                 if exc.kind is FailureKind.AUTH:
                     heartbeat.stop()
