@@ -78,12 +78,11 @@ def summary(dispatcher: LocalDispatcher, panda_ids: list[int]) -> list[dict[str,
         final = next((h for h in reversed(history) if h.get("job_status") in ("finished", "failed")), {})
         report = final.get("job_output_report") or {}
         metrics = dict(item.split("=", 1) for item in final.get("job_metrics", "").split() if "=" in item)
-        timing = [int(x) for x in final.get("pilot_timing", "0|0|0|0|0").split("|")]
         log = next((v.get("surl", "") for k, v in report.items() if k.endswith(".log.tgz")), "")
         rows.append({
             "job": panda_id, "state": final.get("job_status", "-"), "error": final.get("pilot_error_code", 0),
             "diag": final.get("pilot_error_diag", ""), "exit": final.get("trans_exit_code", ""),
-            "payload_s": timing[2], "total_s": sum(timing[1:4]) if timing else 0,
+            "seconds": final.get("time", 0) - history[0]["time"] if history else 0.0,
             "bytes_in": int(metrics.get("bytesIn", 0)), "bytes_out": int(metrics.get("bytesOut", 0)), "log": log,
             "updates": len(history),
         })
@@ -91,12 +90,11 @@ def summary(dispatcher: LocalDispatcher, panda_ids: list[int]) -> list[dict[str,
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    head = (f"{'job':>5} {'state':9} {'error':>5} {'exit':>4} {'payload':>7} {'bytes in':>9} {'bytes out':>9}"
-            "  diagnostic")
+    head = f"{'job':>5} {'state':9} {'error':>5} {'exit':>4} {'time':>6} {'bytes in':>9} {'bytes out':>9}  diagnostic"
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['job']:>5} {r['state']:9} {r['error']:>5} {str(r['exit']):>4} {r['payload_s']:>6}s "
+        print(f"{r['job']:>5} {r['state']:9} {r['error']:>5} {str(r['exit']):>4} {r['seconds']:>5.2f}s "
               f"{r['bytes_in']:>9} {r['bytes_out']:>9}  {r['diag'][:70]}")
 
 
