@@ -64,3 +64,11 @@ def clock() -> FakeClock:
 def job_dict():
     """The builder of job definitions (a fixture, so test modules need not import conftest)."""
     return _job_dict
+
+
+@pytest.fixture
+def work(tmp_path):
+    """An empty job work directory."""
+    path = tmp_path / "work"
+    path.mkdir()
+    return path

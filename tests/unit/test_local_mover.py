@@ -33,13 +33,6 @@ def se(tmp_path):
     return path
 
 
-@pytest.fixture
-def work(tmp_path):
-    path = tmp_path / "work"
-    path.mkdir()
-    return path
-
-
 def failure_of(call) -> TransferError:
     with pytest.raises(TransferError) as info:
         call()

@@ -70,13 +70,6 @@ def se(tmp_path):
 
 
 @pytest.fixture
-def work(tmp_path):
-    path = tmp_path / "work"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
 def make_job(job_dict):
     def make(**overrides):
         fields = dict(inFiles="a.root,b.root", GUID="ga,gb", fsize=f"{len(A)},{len(B)}",
