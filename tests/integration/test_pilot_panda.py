@@ -51,8 +51,9 @@ class PilotSite:
     def argv(self, *extra: str, allowed: bool = True) -> list[str]:
         srv = self.server
         cert, key = (srv.client_cert, srv.client_key) if allowed else (srv.bad_client_cert, srv.bad_client_key)
+        identity = [] if "--proxy" in extra else ["--cert", str(cert), "--key", str(key)]
         return [sys.executable, "-m", "pilot", "run", "--queue", srv.site, "--dispatcher", srv.url,
-                "--dispatcher-api", srv.api, "--cacert", str(srv.ca_cert), "--cert", str(cert), "--key", str(key),
+                "--dispatcher-api", srv.api, "--cacert", str(srv.ca_cert), *identity,
                 "--queue-config", str(self.queue), "--workdir", str(self.root / "work"), "--max-no-job", "1",
                 "--no-job-wait", "0", "--retry-budget", "120", *extra]  # fmt: skip
 
@@ -126,6 +127,14 @@ def test_server_side_kill_stops_the_payload_and_fails_the_job_1144(panda_server:
         assert proc.wait(timeout=120) == ExitCode.OK, log.read_text()[-3000:]
     assert pids_alive([payload]) == []
     assert panda_server.job_state(panda_id)["piloterrorcode"] == ErrorCode.KILLED_BY_SERVER
+
+
+def test_an_x509_proxy_file_is_a_client_identity_too(panda_server: PandaServer, tmp_path: Path) -> None:
+    site = PilotSite(tmp_path, panda_server)
+    panda_id = panda_server.insert_job(job_pars="-c true")
+    result = site.run("--proxy", str(panda_server.proxy_file))
+    assert result.returncode == ExitCode.OK, result.stderr[-3000:]
+    assert site.server_state(panda_id) in ("holding", "finished")
 
 
 def test_a_refused_identity_stops_the_pilot_at_once(panda_server: PandaServer, tmp_path: Path) -> None:
