@@ -30,21 +30,24 @@ class Reporter:
         self.heartbeat: Optional[Heartbeat] = None
         self.current = "starting"  # the state a heartbeat reports
         self.sent = 0
-        self._lock = threading.Lock()
+        self._sending = threading.Lock()  # one update at a time (held through the network call)
+        self._state = threading.Lock()  # guards `current` only: never waits for the network
 
     def enter(self, state: str) -> None:
         """A new state that the next heartbeat will report, without an update of its own (saves a request
         for short steps: a long stage-out still shows as 'transferring')."""
-        with self._lock:
+        with self._state:
             self.current = state
 
     def send(self, state: Optional[str] = None, **fields: Any) -> Command:
         """One update (state None: the current one, as a heartbeat repeats it); raises DispatcherError
         when the dispatcher could not take it."""
-        with self._lock:
-            if state is not None:
-                self.current = state
-            update = JobUpdate(job_id=self.journal.panda_id, job_status=self.current,
+        with self._sending:
+            with self._state:
+                if state is not None:
+                    self.current = state
+                status = self.current
+            update = JobUpdate(job_id=self.journal.panda_id, job_status=status,
                                attempt_nr=self.journal.attempt_nr, **self.identity, **fields)
             self.sent += 1
             command = self.dispatcher.update_job(update)

@@ -97,7 +97,7 @@ def value(raw: dict[str, Any], key: str) -> str:
     return "" if text.lower() in NULLS else text
 
 
-def check_name(name: str, what: str = "file name") -> str:
+def check_name(name: str, what: str = "file name", reserved: bool = True) -> str:
     """Refuse a dispatcher-given name that could become a path or a shell/option surprise."""
     bad = ""
     if not name:
@@ -112,7 +112,7 @@ def check_name(name: str, what: str = "file name") -> str:
         bad = "contains a control character"
     elif name.startswith("-"):
         bad = "starts with '-'"
-    elif is_reserved(name):
+    elif reserved and is_reserved(name):
         bad = "is reserved for the pilot's own files"
     if bad:
         raise PilotError(ErrorCode.BAD_FILE_NAME, f"{what} {name!r} {bad}")
@@ -179,7 +179,7 @@ def _files(raw: dict[str, Any], kind: str, columns: dict[str, str], log_name: st
                 except ChecksumError as exc:
                     raise PilotError(ErrorCode.UNKNOWN_CHECKSUM_TYPE, f"{spec.lfn}: {exc}") from None
             else:
-                setattr(spec, attr, check_name(item, "scope") if attr == "scope" else item)
+                setattr(spec, attr, check_name(item, "scope", reserved=False) if attr == "scope" else item)
         specs.append(spec)
     return specs
 
@@ -252,7 +252,8 @@ def _parse(raw: dict[str, Any], panda_id: int) -> Job:
         log = FileSpec(lfn=f"{panda_id}.job.log.tgz", kind="log")
     log.kind = "log"
     log.guid = value(raw, "logGUID") or log.guid or str(uuid.uuid4())
-    log.scope = check_name(value(raw, "scopeLog"), "log scope") if value(raw, "scopeLog") else log.scope
+    scope_log = value(raw, "scopeLog")
+    log.scope = check_name(scope_log, "log scope", reserved=False) if scope_log else log.scope
     seen: set[str] = set()
     for spec in [*inputs, *outputs, log]:
         key = f"{spec.kind == 'input'}:{spec.lfn}"

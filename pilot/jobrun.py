@@ -205,8 +205,13 @@ class JobRun:
         self.outputs = self.stager.stage_out(self.job, files, self.journal)
 
     def _kill_payload(self) -> None:
-        if self.payload is not None and self.payload.proc is not None and not self.payload.exited.is_set():
+        """Whatever happened, nothing of the payload outlives its job."""
+        if self.payload is None or self.payload.proc is None:
+            return
+        if not self.payload.exited.is_set():
             self.payload.kill(self.ctx.queue.kill_grace)
+        elif self.payload.returncode is None:
+            self.payload.reap()
 
     def _ship_log(self) -> Optional[Transferred]:
         """The log tarball goes out whatever happened, even after a kill (with a fresh cancel flag)."""
@@ -270,15 +275,13 @@ class JobRun:
                    if key.startswith(direction + ":"))
 
     def _final_report(self, log_entry: Optional[Transferred]) -> JobResult:
-        state = "failed" if self.error is not None else "finished"
         try:
             fields = self._final_fields(log_entry)
-        except Exception:  # a bug in gathering figures must not cost the report itself
-            log.exception("figures of job %d incomplete", self.job.panda_id)
-            fields = {"pilot_error_code": int(self.error.code) if self.error else 0,
-                      "pilot_error_diag": self.error.diag if self.error else None,
-                      "job_output_report": output_report(self.job, [*self.outputs, *filter(None, [log_entry])])}
-            fields = {k: v for k, v in fields.items() if v is not None}
+        except Exception as exc:  # a pilot bug in gathering the figures must not cost the report itself
+            log.exception("the final report of job %d cannot be put together", self.job.panda_id)
+            self.error = PilotError(ErrorCode.UNKNOWN_EXCEPTION, f"final report: {type(exc).__name__}: {exc}")
+            fields = {"pilot_error_code": int(self.error.code), "pilot_error_diag": self.error.diag}
+        state = "failed" if self.error is not None else "finished"
         self.journal.owe_final({"state": state, **fields})
         result = JobResult(
             panda_id=self.job.panda_id, state=state,
@@ -294,6 +297,9 @@ class JobRun:
             log.error("final report of job %d not delivered, kept in the journal: %s", self.job.panda_id, exc.diag)
             if exc.kind is FailureKind.AUTH:
                 raise
+            return result
+        except Exception:  # a client bug: the report stays owed, in the journal
+            log.exception("final report of job %d not delivered, kept in the journal", self.job.panda_id)
             return result
         self.journal.owe_final(None)
         self.journal.reach("reported")

@@ -95,13 +95,15 @@ class Pilot:
                 log.error("cannot get a job from %s: %s", ctx.dispatcher.name, exc.diag)
                 if exc.kind is FailureKind.AUTH:
                     return ExitCode.CREDENTIALS
-                return self._signal_exit() or ExitCode.SERVER_COMMUNICATION
+                if exc.kind is not FailureKind.LOST:
+                    return self._signal_exit() or ExitCode.SERVER_COMMUNICATION
+                raw = None  # the answer was lost: like no job, ask again after a wait
             getjob_seconds = time.monotonic() - asked
             if raw is None:
                 state.no_job_in_row += 1
                 if not ctx.config.max_no_job or state.no_job_in_row < ctx.config.max_no_job:
                     wait = no_job_wait(ctx.config, state.no_job_in_row)
-                    log.info("no job available; asking again in %.1f s", wait)
+                    log.info("no job; asking again in %.1f s", wait)
                     ctx.control.stopping.wait(wait)  # a signal ends the wait
                 continue
             state.no_job_in_row = 0

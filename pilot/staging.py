@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Optional
-from urllib.parse import quote
 
 from pilot.config import QueueConfig
 from pilot.errors import ErrorCode, PilotError
@@ -89,13 +88,10 @@ class Stager:
         if not self.queue.se:
             raise PilotError(ErrorCode.STAGEIN_FAILED if spec.kind == "input" else ErrorCode.STAGEOUT_FAILED,
                              f"queue {self.queue.name} has no storage endpoint (se)")
-        # In a URL the names are percent-quoted: '%', '#' or '?' in a name stay part of the name.
-        is_url = "://" in self.queue.se or self.queue.se.startswith("file:")
-        parts = [self.queue.se.rstrip("/")]
-        for part in (path.strip("/"), spec.scope, spec.lfn):
-            if part:
-                parts.append(quote(part, safe="/") if is_url else part)
-        return "/".join(parts)
+        # Names go in as they are (checked: no separators, no '..'); a mover whose protocol needs
+        # quoting quotes them itself, after its prefix rewrites.
+        parts = [self.queue.se.rstrip("/"), path.strip("/"), spec.scope, spec.lfn]
+        return "/".join(part for part in parts if part)
 
     def _attempts(self, direction: str, lfn: str, transfer: Callable[[], Any]) -> Any:
         retries = max(1, self.queue.stagein_retries if direction == "in" else self.queue.stageout_retries)

@@ -8,23 +8,28 @@ import threading
 import time
 from pathlib import Path
 from typing import Optional
-from urllib.parse import unquote, urlparse
 
 from sitemovers.base import Expected, Failure, SiteMover, TransferError, TransferResult, verify
 from sitemovers.checksum import Cancelled, copy_with_checksum
 
 
 def local_path(url: str) -> Path:
-    """file:///a/b (percent-quoted) or /a/b -> Path('/a/b'); never a path that climbs with '..'."""
+    """file:///a/b, file://localhost/a/b or /a/b -> Path('/a/b'), never a path that climbs with '..'.
+
+    The rest of a file URL is taken literally, not percent-decoded: file names arrive unquoted, and a
+    '%', '#' or '?' in one stays part of the name."""
+    path_part = url
     if url.startswith("file:"):
-        parsed = urlparse(url)
-        if parsed.netloc not in ("", "localhost") or parsed.query or parsed.fragment:
+        path_part = url[len("file:"):]
+        if path_part.startswith("//localhost/"):
+            path_part = path_part[len("//localhost"):]
+        elif path_part.startswith("///"):
+            path_part = path_part[2:]
+        elif path_part.startswith("//"):
             raise TransferError(Failure.FAILED, f"{url}: not a local file URL")
-        path = Path(unquote(parsed.path))
-    elif url.startswith("/"):
-        path = Path(url)
-    else:
+    if not path_part.startswith("/"):
         raise TransferError(Failure.FAILED, f"{url}: the local mover needs an absolute path or file:// URL")
+    path = Path(path_part)
     if ".." in path.parts:
         raise TransferError(Failure.FAILED, f"{url}: '..' in a storage path")
     return path

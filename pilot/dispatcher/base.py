@@ -39,6 +39,7 @@ class FailureKind(str, enum.Enum):
     AUTH = "auth"  # the server refused our identity, role or permissions: stop at once
     SERVER = "server"  # the server answered with a failure status
     PROTOCOL = "protocol"  # the answer could not be understood
+    LOST = "lost"  # the request reached the server, its answer did not reach us: asking again is a new request
 
 
 class DispatcherError(PilotError):

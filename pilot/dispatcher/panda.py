@@ -91,6 +91,7 @@ NO_JOBS = 20
 # v1 failure messages that mean "your identity, role or credentials were refused" (lower case).
 AUTH_MESSAGES = ("secure connection", "pilot role", "token authentication", "banned", "permission denied")
 RETRY_HTTP = frozenset({408, 429})  # plus every 5xx
+NOT_PROCESSED_HTTP = frozenset({429, 503})  # the server turned the request away: a job request may be repeated
 TRANSIENT_TLS = ("eof occurred", "connection reset", "timed out")
 
 
@@ -286,11 +287,7 @@ class PandaDispatcher(Dispatcher):
             except (requests.ConnectionError, requests.Timeout, ChunkedEncodingError) as exc:
                 failure = f"{type(exc).__name__}: {exc}"
                 if op == "get_job" and not _never_sent(exc):
-                    # The server may have handed us a job whose reply was lost: asking again would
-                    # take a second one and leave the first without a pilot.
-                    raise DispatcherError(
-                        FailureKind.TRANSPORT, f"{path}: reply lost, not asked again: {failure}"
-                    ) from None
+                    raise self._lost(path, failure) from None
             except requests.RequestException as exc:
                 raise DispatcherError(FailureKind.TRANSPORT, f"{path}: request failed: {exc}") from None
             except OSError as exc:  # requests reports missing CA/cert files as plain OSError
@@ -301,6 +298,8 @@ class PandaDispatcher(Dispatcher):
                 if status < 500 and status not in RETRY_HTTP:
                     return path, self._decode(path, resp)
                 failure = f"HTTP {status}: {self._excerpt(resp.text)!r}"
+                if op == "get_job" and status not in NOT_PROCESSED_HTTP:
+                    raise self._lost(path, failure)
             remaining = deadline - self._clock()
             if remaining <= 0:
                 tried = f"{attempt} attempt(s) within {self.config.retry_budget:g} s"
@@ -311,6 +310,12 @@ class PandaDispatcher(Dispatcher):
             delay = min(remaining, cap * self._rand())
             logger.warning("%s: %s; retry %d in %.1f s", path, failure, attempt, delay)
             self._sleep(delay)
+
+    @staticmethod
+    def _lost(path: str, failure: str) -> DispatcherError:
+        """The server may have handed us a job whose reply was lost: asking again at once would take a
+        second one and leave the first without a pilot (the server reclaims it). The caller waits."""
+        return DispatcherError(FailureKind.LOST, f"{path}: reply lost, not asked again at once: {failure}")
 
     def _decode(self, path: str, resp: requests.Response) -> dict[str, Any]:
         code, text = resp.status_code, resp.text

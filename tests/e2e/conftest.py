@@ -135,11 +135,20 @@ def started() -> Iterator[list[subprocess.Popen]]:
     procs: list[subprocess.Popen] = []
     yield procs
     for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=10)
+        stop_pilot(proc)
         if proc.stdout:
             proc.stdout.close()
+
+
+def stop_pilot(proc: subprocess.Popen) -> None:
+    """A pilot a test left running: SIGTERM first, so that it kills its payload, then SIGKILL."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
 
 
 def read_pids(path: Path, count: int, timeout: float = 20) -> list[int]:
@@ -153,4 +162,4 @@ def read_pids(path: Path, count: int, timeout: float = 20) -> list[int]:
     return wait_for(ready, timeout, f"{count} pids in {path}")
 
 
-__all__ = ["Site", "wait_for", "pids_alive", "read_pids", "os"]
+__all__ = ["Site", "wait_for", "pids_alive", "read_pids", "stop_pilot", "os"]

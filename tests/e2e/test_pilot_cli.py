@@ -304,11 +304,13 @@ def test_stdout_and_work_dir_limits(site: Site) -> None:
     assert site.final(172)["pilot_error_code"] == ErrorCode.WORKDIR_TOO_LARGE
 
 
-@pytest.mark.parametrize("url", [False, True], ids=["path", "file-url"])
-def test_odd_but_legal_names_stay_names(site: Site, url: bool) -> None:
-    if url:
+@pytest.mark.parametrize("storage", ["path", "file-url", "rewritten-url"])
+def test_odd_but_legal_names_stay_names(site: Site, storage: str) -> None:
+    if storage == "file-url":
         site.queue_settings["se"] = f"file://{site.se}"
-    names = ("a#x", "a#y", "..%2F..%2Fescaped", "q?x=1", "100%.dat")
+    elif storage == "rewritten-url":
+        site.queue_settings.update(se="root://se.example:1094//store", copyprefix=f"root://se.example:1094//store^{site.se}")
+    names = ("a#x", "a#y", "..%2F..%2Fescaped", "q?x=1", "100%.dat", "a b%41.dat")
     site.add_job(181, "; ".join(f"echo {i} > '{n}'" for i, n in enumerate(names)), outputs=names)
     site.run()
     final = site.final(181)

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pilot.errors import ErrorCode, ExitCode
-from tests.e2e.conftest import pids_alive, read_pids, wait_for
+from tests.e2e.conftest import pids_alive, read_pids, stop_pilot, wait_for
 from tests.integration.pandaserver import PandaServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -76,9 +76,7 @@ class PilotSite:
         try:
             yield proc, log
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            stop_pilot(proc)
 
     def server_state(self, panda_id: int) -> str:
         return str(self.server.job_state(panda_id).get("jobstatus", ""))

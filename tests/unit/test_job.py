@@ -363,3 +363,9 @@ def test_output_lists_without_the_log_entry_match_the_other_outputs(job_dict):
     assert [(o.lfn, o.scope, o.destination_dblock) for o in job.outputs] == [("a.root", "sa", "d1"),
                                                                             ("b.root", "sb", "d2")]
     assert (job.log.lfn, job.log.scope) == ("job.log.tgz", "slog")
+
+
+def test_a_scope_may_be_named_like_a_pilot_file(job_dict):
+    # scopes are never files in the work dir: only path dangers matter for them
+    job = parse_job(job_dict(scopeOut="tmp,pilot.log", scopeLog="journal.json"))
+    assert job.outputs[0].scope == "tmp" and job.log.scope == "journal.json"

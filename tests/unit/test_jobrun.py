@@ -103,3 +103,16 @@ def test_a_job_taken_after_a_signal_is_never_run(tmp_path):
     assert result.error_code == ErrorCode.SIGTERM
     assert [h["job_status"] for h in local.history(7)] == ["starting", "failed"]
     assert "7.log.tgz" in local.history(7)[-1]["job_output_report"]
+
+
+def test_a_broken_report_is_still_sent_as_a_pilot_failure(tmp_path, monkeypatch):
+    local = LocalDispatcher(tmp_path / "jobs")
+
+    def broken(*args, **kwargs):
+        raise KeyError("guid")
+
+    monkeypatch.setattr("pilot.jobrun.output_report", broken)
+    result = JobRun(job(), context(tmp_path, local), tmp_path / "work" / "job7").run()
+    assert result.reported and result.error_code == ErrorCode.UNKNOWN_EXCEPTION
+    final = local.history(7)[-1]
+    assert final["job_status"] == "failed" and "KeyError" in final["pilot_error_diag"]

@@ -109,11 +109,11 @@ def test_get_from_file_url(se, work, url_of):
     assert (work / "in.root").read_bytes() == DATA
 
 
-def test_file_url_is_unquoted(tmp_path, work):
-    odd = tmp_path / "with space"
+def test_file_url_is_taken_literally(tmp_path, work):
+    odd = tmp_path / "with%20space#1?x"  # names arrive unquoted: '%', '#', '?' are part of them
     odd.mkdir()
     (odd / "f").write_bytes(b"abc")
-    LocalSiteMover().get(f"file://{tmp_path}/with%20space/f", work / "f", Expected(3))
+    LocalSiteMover().get(f"file://{tmp_path}/with%20space#1?x/f", work / "f", Expected(3))
     assert (work / "f").read_bytes() == b"abc"
 
 
@@ -124,7 +124,11 @@ def test_urls_the_local_mover_cannot_read(work, url):
 
 def test_local_path():
     assert str(local_path("file:///a/b")) == "/a/b"
+    assert str(local_path("file:/a/b")) == "/a/b"
+    assert str(local_path("file://localhost/a/b")) == "/a/b"
     assert str(local_path("/a/b")) == "/a/b"
+    with pytest.raises(TransferError):
+        local_path("file:///a/../b")
 
 
 def test_prefix_rewrite(se, work):

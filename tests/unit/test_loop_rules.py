@@ -10,6 +10,7 @@ import pytest
 from pilot import loop
 from pilot.config import PilotConfig, QueueConfig
 from pilot.control import Control
+from pilot.dispatcher.base import DispatcherError, FailureKind
 from pilot.jobrun import PilotContext
 from pilot.loop import LoopState, no_job_wait, stop_reason
 from pilot.node import NodeInfo
@@ -179,3 +180,31 @@ def test_pilot_waits_between_no_job_answers(tmp_path, max_no_job):
     assert len(ctx.control.stopping.waits) >= 4, "asked again without waiting"
     assert all(w > 0 for w in ctx.control.stopping.waits)
     assert exit_code == loop.ExitCode.NO_JOBS
+
+
+class LostReplies(NoJobDispatcher):
+    def get_job(self, request):
+        super().get_job(request)
+        raise DispatcherError(FailureKind.LOST, "reply lost")
+
+
+def test_a_lost_job_reply_is_asked_again_after_a_wait(tmp_path):
+    ctx = context(tmp_path, max_no_job=10, no_job_wait=10.0, no_job_wait_max=100.0)
+    ctx.control.stopping = RecordingEvent()
+    ctx.dispatcher = LostReplies(ctx, answers=3)
+    assert loop.Pilot(ctx, clock=lambda: START).run() == loop.ExitCode.NO_JOBS
+    assert ctx.dispatcher.asked == 3 and len(ctx.control.stopping.waits) == 3
+
+
+@pytest.mark.parametrize("kind, code", [(FailureKind.AUTH, loop.ExitCode.CREDENTIALS),
+                                        (FailureKind.TRANSPORT, loop.ExitCode.SERVER_COMMUNICATION)])
+def test_other_job_request_failures_end_the_pilot(tmp_path, kind, code):
+    class Failing(NoJobDispatcher):
+        def get_job(self, request):
+            super().get_job(request)
+            raise DispatcherError(kind, "no")
+
+    ctx = context(tmp_path, max_no_job=10)
+    ctx.dispatcher = Failing(ctx, answers=99)
+    assert loop.Pilot(ctx, clock=lambda: START).run() == code
+    assert ctx.dispatcher.asked == 1

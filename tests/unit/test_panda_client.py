@@ -220,7 +220,7 @@ def test_v1_update_failed_status_in_data(mock, fake):
 
 def test_5xx_then_success_backs_off(mock, fake):
     mock.post(V1_GET, status=503, body="busy")
-    mock.post(V1_GET, status=502, body="bad gateway")
+    mock.post(V1_GET, status=429, body="slow down")
     mock.post(V1_GET, json=v1_ok({"StatusCode": 0, "jobs": [JOB]}))
     d = make(fake)
     assert d.get_job(request())["PandaID"] == "4242"
@@ -228,9 +228,9 @@ def test_5xx_then_success_backs_off(mock, fake):
 
 
 def test_backoff_grows_and_is_bounded(mock, fake):
-    mock.post(V1_GET, status=500, body="oops")
+    mock.post(V1_UPDATE, status=500, body="oops")
     d = make(fake, backoff_base=1, backoff_max=5, retry_budget=30)
-    err = fails(FailureKind.TRANSPORT, lambda: d.get_job(request()))
+    err = fails(FailureKind.TRANSPORT, lambda: d.update_job(JobUpdate(1, "running", 1)))
     assert fake.sleeps[:4] == [1, 2, 4, 5] and max(fake.sleeps) <= 5
     assert fake.sleeps[:-1] == sorted(fake.sleeps[:-1])  # the last one is cut to what the budget has left
     assert sum(fake.sleeps) == 30 and err.status == 500 and "giving up" in err.diag
@@ -238,7 +238,7 @@ def test_backoff_grows_and_is_bounded(mock, fake):
 
 
 def test_full_jitter_stays_under_cap(mock, fake):
-    mock.post(V1_GET, status=500)
+    mock.post(V1_GET, status=503)
     d = PandaDispatcher(
         PandaConfig(url=URL, retry_budget=100), sleep=fake.sleep, clock=fake.clock, rand=lambda: 0.5
     )
@@ -273,12 +273,14 @@ def test_job_request_retried_while_it_never_reached_the_server(mock, fake, exc):
     assert d.requests_sent > 1
 
 
-@pytest.mark.parametrize("exc", [requests.ConnectionError("connection aborted"), requests.ReadTimeout("read")])
-def test_job_request_not_repeated_once_the_server_may_have_answered(mock, fake, exc):
-    mock.post(V1_GET, body=exc)
+@pytest.mark.parametrize("answer", [{"body": requests.ConnectionError("connection aborted")},
+                                    {"body": requests.ReadTimeout("read")}, {"status": 500}, {"status": 502},
+                                    {"status": 504}, {"status": 408}])
+def test_job_request_not_repeated_once_the_server_may_have_answered(mock, fake, answer):
+    mock.post(V1_GET, **answer)
     d = make(fake, retry_budget=10)
-    err = fails(FailureKind.TRANSPORT, lambda: d.get_job(request()))
-    assert d.requests_sent == 1 and "not asked again" in err.diag
+    err = fails(FailureKind.LOST, lambda: d.get_job(request()))
+    assert d.requests_sent == 1 and fake.sleeps == [] and "not asked again" in err.diag
 
 
 def test_connection_error_then_success(mock, fake):

@@ -208,3 +208,25 @@ def test_signal_kills_the_job_and_is_remembered(signum, code):
     assert control.wake.is_set() and control.cancel.is_set()
     control.new_job()
     assert control.cancel.is_set()  # after a signal, transfers stay cancelled
+
+
+def test_a_new_state_never_waits_for_an_update_in_flight(journal):
+    import threading
+
+    rep = reporter(journal)
+    in_flight, release = threading.Event(), threading.Event()
+
+    def slow_network() -> None:
+        in_flight.set()
+        release.wait(10)
+
+    rep.dispatcher.on_update = slow_network
+    beat = threading.Thread(target=rep.try_send)
+    beat.start()
+    assert in_flight.wait(10)
+    rep.enter("transferring")  # would block until release if it shared the sending lock
+    entered = rep.current
+    release.set()
+    beat.join(10)
+    assert entered == "transferring"
+    assert rep.dispatcher.updates[0].job_status == "starting"

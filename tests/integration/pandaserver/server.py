@@ -313,18 +313,28 @@ class PandaServer:
         wait_for(accepting, timeout, f"panda-server {self.version} on port {self.port}", interval=0.2, check=alive)
 
     def stop(self, timeout: float = 20) -> None:
-        """Stop the WSGI front only (the database keeps running), by its PID."""
+        """Stop the WSGI front only (the database keeps running): its process group, which holds the
+        app's forked workers too (the front is a session leader; its PID is the group's ID)."""
         proc = self._front
         if proc is None:
             return
+        log.info("stopping panda-server front pid %d and its process group", proc.pid)
+        deadline = time.monotonic() + timeout
         if proc.poll() is None:
-            log.info("stopping panda-server front pid %d", proc.pid)
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        killed = False
+        while _group_alive(proc.pid):  # forked workers outlive the front by a moment
+            if time.monotonic() > deadline:
+                if killed:
+                    raise RuntimeError(f"process group {proc.pid} of the front does not end")
+                os.killpg(proc.pid, signal.SIGKILL)
+                killed, deadline = True, time.monotonic() + 10
+            time.sleep(0.05)
         self._front = None
 
     def shutdown(self, remove: bool = True) -> None:
@@ -683,3 +693,13 @@ if __name__ == "__main__":  # manual use: python -m tests.integration.pandaserve
         input("press enter to stop\n")
     finally:
         srv.shutdown()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
