@@ -270,6 +270,20 @@ class JobRun:
                                             bytesIn=self._bytes("in"), bytesOut=self._bytes("out"))
         return {k: v for k, v in fields.items() if v is not None}
 
+    def _essential_fields(self, log_entry: Optional[Transferred], exc: Exception) -> dict[str, Any]:
+        """What the report must say even when gathering the rest failed: the job's own error (or this
+        one), the exit code, and the files already in storage, so that none of them is orphaned."""
+        self._fail(PilotError(ErrorCode.UNKNOWN_EXCEPTION, f"final report: {type(exc).__name__}: {exc}"))
+        assert self.error is not None
+        fields: dict[str, Any] = {"pilot_error_code": int(self.error.code), "pilot_error_diag": self.error.diag}
+        if self.exit_code is not None:
+            fields["trans_exit_code"] = self.exit_code
+        try:
+            fields["job_output_report"] = output_report(self.job, [*self.outputs, *filter(None, [log_entry])])
+        except Exception:
+            log.exception("no output report for job %d", self.job.panda_id)
+        return fields
+
     def _bytes(self, direction: str) -> int:
         return sum(int(info.get("fsize", 0)) for key, info in self.journal.files.items()
                    if key.startswith(direction + ":"))
@@ -279,8 +293,7 @@ class JobRun:
             fields = self._final_fields(log_entry)
         except Exception as exc:  # a pilot bug in gathering the figures must not cost the report itself
             log.exception("the final report of job %d cannot be put together", self.job.panda_id)
-            self.error = PilotError(ErrorCode.UNKNOWN_EXCEPTION, f"final report: {type(exc).__name__}: {exc}")
-            fields = {"pilot_error_code": int(self.error.code), "pilot_error_diag": self.error.diag}
+            fields = self._essential_fields(log_entry, exc)
         state = "failed" if self.error is not None else "finished"
         self.journal.owe_final({"state": state, **fields})
         result = JobResult(

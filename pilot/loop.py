@@ -24,6 +24,7 @@ class LoopState:
     jobs: int = 0  # jobs taken (malformed ones included)
     failures_in_row: int = 0
     no_job_in_row: int = 0
+    lost_in_row: int = 0  # of those, job requests whose reply was lost
     results: list[JobResult] = field(default_factory=list)
 
 
@@ -41,7 +42,8 @@ def stop_reason(ctx: PilotContext, state: LoopState, now: float) -> Optional[str
     if cfg.max_failures and state.failures_in_row >= cfg.max_failures:
         return f"{state.failures_in_row} failed jobs in a row"
     if cfg.max_no_job and state.no_job_in_row >= cfg.max_no_job:
-        return f"no job in {state.no_job_in_row} consecutive requests"
+        lost = f", the last {state.lost_in_row} with the reply lost" if state.lost_in_row else ""
+        return f"no job in {state.no_job_in_row} consecutive requests{lost}"
     if queue.timefloor and state.jobs and now - state.started >= queue.timefloor * 60:
         return f"time floor of {queue.timefloor} min passed"
     if ctx.deadline is not None and now >= ctx.deadline - queue.time_margin:
@@ -98,6 +100,9 @@ class Pilot:
                 if exc.kind is not FailureKind.LOST:
                     return self._signal_exit() or ExitCode.SERVER_COMMUNICATION
                 raw = None  # the answer was lost: like no job, ask again after a wait
+                state.lost_in_row += 1
+            else:
+                state.lost_in_row = 0
             getjob_seconds = time.monotonic() - asked
             if raw is None:
                 state.no_job_in_row += 1
@@ -122,6 +127,8 @@ class Pilot:
                 if not result.reported:
                     log.error("job %d: final report not delivered; stopping", result.panda_id)
                     return self._signal_exit() or ExitCode.SERVER_COMMUNICATION
+        if state.lost_in_row:  # the server kept failing: that, not a lack of jobs, ended the pilot
+            return self._signal_exit() or ExitCode.SERVER_COMMUNICATION
         return self._signal_exit() or (ExitCode.OK if state.jobs else ExitCode.NO_JOBS)
 
     def _signal_exit(self) -> int:

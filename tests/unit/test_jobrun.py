@@ -116,3 +116,17 @@ def test_a_broken_report_is_still_sent_as_a_pilot_failure(tmp_path, monkeypatch)
     assert result.reported and result.error_code == ErrorCode.UNKNOWN_EXCEPTION
     final = local.history(7)[-1]
     assert final["job_status"] == "failed" and "KeyError" in final["pilot_error_diag"]
+
+
+def test_a_broken_report_keeps_the_job_error_and_the_files_in_storage(tmp_path, monkeypatch):
+    local = LocalDispatcher(tmp_path / "jobs")
+
+    def broken(*args, **kwargs):
+        raise ValueError("tail")
+
+    monkeypatch.setattr("pilot.jobrun.tail", broken)
+    result = JobRun(job(script="exit 3"), context(tmp_path, local), tmp_path / "work" / "job7").run()
+    assert result.reported and result.error_code == ErrorCode.PAYLOAD_FAILED
+    final = local.history(7)[-1]
+    assert final["pilot_error_code"] == ErrorCode.PAYLOAD_FAILED and final["trans_exit_code"] == 3
+    assert list(final["job_output_report"]) == ["7.log.tgz"]

@@ -192,7 +192,7 @@ def test_a_lost_job_reply_is_asked_again_after_a_wait(tmp_path):
     ctx = context(tmp_path, max_no_job=10, no_job_wait=10.0, no_job_wait_max=100.0)
     ctx.control.stopping = RecordingEvent()
     ctx.dispatcher = LostReplies(ctx, answers=3)
-    assert loop.Pilot(ctx, clock=lambda: START).run() == loop.ExitCode.NO_JOBS
+    assert loop.Pilot(ctx, clock=lambda: START).run() == loop.ExitCode.SERVER_COMMUNICATION
     assert ctx.dispatcher.asked == 3 and len(ctx.control.stopping.waits) == 3
 
 
@@ -208,3 +208,9 @@ def test_other_job_request_failures_end_the_pilot(tmp_path, kind, code):
     ctx.dispatcher = Failing(ctx, answers=99)
     assert loop.Pilot(ctx, clock=lambda: START).run() == code
     assert ctx.dispatcher.asked == 1
+
+
+def test_lost_replies_reaching_the_no_job_limit_say_so(tmp_path):
+    ctx = context(tmp_path, max_no_job=2)
+    assert "reply lost" in stop_reason(ctx, state(no_job_in_row=2, lost_in_row=2), START)
+    assert "lost" not in stop_reason(ctx, state(no_job_in_row=2), START)

@@ -319,23 +319,22 @@ class PandaServer:
         if proc is None:
             return
         log.info("stopping panda-server front pid %d and its process group", proc.pid)
+        self._front = None
         deadline = time.monotonic() + timeout
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
+        _signal_group(proc.pid, signal.SIGTERM)  # the front, and workers it may have left already
         try:
             proc.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            _signal_group(proc.pid, signal.SIGKILL)
             proc.wait(10)
         killed = False
         while _group_alive(proc.pid):  # forked workers outlive the front by a moment
             if time.monotonic() > deadline:
                 if killed:
                     raise RuntimeError(f"process group {proc.pid} of the front does not end")
-                os.killpg(proc.pid, signal.SIGKILL)
+                _signal_group(proc.pid, signal.SIGKILL)
                 killed, deadline = True, time.monotonic() + 10
             time.sleep(0.05)
-        self._front = None
 
     def shutdown(self, remove: bool = True) -> None:
         """Stop the front and the database, then remove the work dir."""
@@ -698,8 +697,13 @@ if __name__ == "__main__":  # manual use: python -m tests.integration.pandaserve
 def _group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):  # gone (or the number is no longer ours)
         return False
-    except PermissionError:
-        return True
     return True
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
