@@ -230,7 +230,6 @@ class JobRun:
             self._fail(PilotError(ErrorCode.LOGFILE_CREATION, f"log: {type(exc).__name__}: {exc}"))
             return None
         finally:
-            self.stager.bytes_moved += stager.bytes_moved
             self.timing["stageout"] = self.timing.get("stageout", 0.0) + time.monotonic() - begin
 
     # --- the final report -------------------------------------------------------------------------

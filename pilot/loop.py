@@ -25,7 +25,6 @@ class LoopState:
     failures_in_row: int = 0
     no_job_in_row: int = 0
     lost_in_row: int = 0  # of those, job requests whose reply was lost
-    results: list[JobResult] = field(default_factory=list)
 
 
 def stop_reason(ctx: PilotContext, state: LoopState, now: float) -> Optional[str]:
@@ -122,11 +121,9 @@ class Pilot:
                 state.failures_in_row += 1
             else:
                 state.failures_in_row = 0
-            if result is not None:
-                state.results.append(result)
-                if not result.reported:
-                    log.error("job %d: final report not delivered; stopping", result.panda_id)
-                    return self._signal_exit() or ExitCode.SERVER_COMMUNICATION
+            if result is not None and not result.reported:
+                log.error("job %d: final report not delivered; stopping", result.panda_id)
+                return self._signal_exit() or ExitCode.SERVER_COMMUNICATION
         if state.lost_in_row:  # the server kept failing: that, not a lack of jobs, ended the pilot
             return self._signal_exit() or ExitCode.SERVER_COMMUNICATION
         return self._signal_exit() or (ExitCode.OK if state.jobs else ExitCode.NO_JOBS)

@@ -72,7 +72,6 @@ class Stager:
         self.registry = registry
         self.cancel = cancel
         self.sleep = sleep
-        self.bytes_moved = 0
 
     def _mover(self, direction: str) -> SiteMover:
         name = self.queue.stagein_mover if direction == "in" else self.queue.copytool
@@ -129,7 +128,6 @@ class Stager:
                     result = self._attempts("in", spec.lfn, partial(mover.get, source, dest, expected, self.cancel))
                 except TransferError as exc:
                     raise PilotError(error_code("in", exc), exc.diag) from None
-                self.bytes_moved += result.fsize
                 info = {"fsize": result.fsize, "checksum": str(result.checksum or ""), "location": str(dest)}
                 journal.file_done("in", spec.lfn, **info)
             done.append(_transferred(spec.lfn, info))
@@ -157,7 +155,6 @@ class Stager:
                                             partial(mover.put, local, destination, expected, self.cancel))
                 except TransferError as exc:
                     raise PilotError(error_code("out", exc), exc.diag) from None
-                self.bytes_moved += result.fsize
                 info = {"fsize": result.fsize, "checksum": str(result.checksum or ""), "location": result.location,
                         "guid": spec.guid}
                 journal.file_done("out", spec.lfn, **info)

@@ -78,7 +78,6 @@ class SiteMover(ABC):
     """One family of storage access. Subclasses register under `name` (entry point group pilot.sitemovers)."""
 
     name: ClassVar[str] = ""
-    schemes: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, settings: Optional[MoverSettings] = None) -> None:
         self.settings = settings or MoverSettings()

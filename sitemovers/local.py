@@ -37,7 +37,6 @@ def local_path(url: str) -> Path:
 
 class LocalSiteMover(SiteMover):
     name = "local"
-    schemes = ("file", "")
 
     def _copy(self, src: Path, dst: Path, expected: Expected, cancel: Optional[threading.Event]) -> TransferResult:
         started = time.monotonic()
