@@ -14,6 +14,7 @@ from pilot.dispatcher.local import LocalDispatcher
 from pilot.errors import ErrorCode, PilotError
 from pilot.job import parse_job
 from pilot.jobrun import JobRun, PilotContext, report_unrun
+from pilot.journal import Journal
 from pilot.node import NodeInfo
 from sitemovers.registry import Registry
 
@@ -82,7 +83,7 @@ def test_an_unrun_job_whose_failure_cannot_be_delivered_gets_a_journal(tmp_path)
     journal = json.loads((workdir / "journal.json").read_text())
     assert journal["final"] == {"state": "failed", "pilot_error_code": 1371,
                                 "pilot_error_diag": "file name 'a/b' contains a path separator"}
-    assert journal["job"]["PandaID"] == "9"
+    assert Journal.load(workdir / "journal.json").job["PandaID"] == "9"
 
 
 def test_a_refused_identity_is_not_swallowed(tmp_path):
