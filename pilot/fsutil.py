@@ -160,35 +160,6 @@ def append_line(path: Path, line: str) -> None:
         os.fsync(handle.fileno())
 
 
-class UntrustedFile(OSError):
-    """A file the pilot will not read: a link, a special file, or larger than allowed."""
-
-
-def open_untrusted(path: Path, flags: int = os.O_RDONLY) -> int:
-    """Open without following a link and without blocking on a FIFO; only a regular file is accepted."""
-    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise UntrustedFile(f"{path}: not a regular file")
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def read_capped(path: Path, cap: int, truncate: bool = False) -> bytes:
-    """At most `cap` bytes of a regular file; a bigger one raises UntrustedFile (or, with `truncate`,
-    gives its first `cap` bytes)."""
-    fd = open_untrusted(path)
-    with os.fdopen(fd, "rb") as handle:
-        data = handle.read(cap + 1)
-    if len(data) > cap:
-        if not truncate:
-            raise UntrustedFile(f"{path}: larger than {cap} bytes")
-        data = data[:cap]
-    return data
-
-
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

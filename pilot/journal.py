@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import logging
 import os
 import socket
@@ -21,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from pilot.fsutil import atomic_write_json, read_capped
+from pilot.fsutil import atomic_write_json, loads_json, read_capped
 from pilot.layout import JOURNAL
 
 log = logging.getLogger(__name__)
@@ -94,7 +93,7 @@ class Journal:
         """Read a journal back; raises ValueError for anything that is not a journal this pilot wrote
         (truncated, corrupt, too big, a link or special file planted in its place) and OSError when it
         cannot be read."""
-        data = json.loads(read_capped(Path(path), MAX_JOURNAL))
+        data = loads_json(read_capped(Path(path), MAX_JOURNAL), max_bytes=MAX_JOURNAL)
         if not isinstance(data, dict):
             raise ValueError("a journal is a JSON object")
         data.pop("version", None)
