@@ -182,6 +182,7 @@ class PilotConfig:
     origin: Optional[str] = None
     request_timeout: float = 60.0
     retry_budget: float = 600.0
+    pcache_report_field: str = ""  # the job request field carrying the cached files to a PanDA server ("": none)
 
     @property
     def is_remote(self) -> bool:

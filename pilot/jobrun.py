@@ -38,6 +38,7 @@ from pilot.layout import PILOT_LOG, STDERR, STDOUT
 from pilot.monitor import Limits, Monitor, watch
 from pilot.node import NodeInfo
 from pilot.payload import Payload, build_command, payload_env
+from pilot.pcache import Pcache
 from pilot.report import (
     job_log,
     job_metrics,
@@ -65,6 +66,7 @@ class PilotContext:
     registry: Registry
     control: Control
     deadline: Optional[float] = None  # wall-clock time at which the pilot must be gone
+    pcache: Optional[Pcache] = None  # the node's file cache, when the queue has one
 
     @property
     def identity(self) -> dict[str, Any]:
