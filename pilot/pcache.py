@@ -38,7 +38,6 @@ import logging
 import os
 import shutil
 import sqlite3
-import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -47,7 +46,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from pilot import cachereport
-from sitemovers.base import Expected, Failure, TransferError, TransferResult
+from pilot.fsutil import open_untrusted
+from sitemovers.base import Expected, Failure, TransferError
 from sitemovers.checksum import CHUNK, Checksum, Hasher
 
 log = logging.getLogger(__name__)
@@ -247,29 +247,90 @@ class Pcache:
 
     # --- stage-in ---------------------------------------------------------------------------------
     def stage(self, key: CacheKey, expected: Expected, dest: Path,
-              fetch: Callable[[Path], TransferResult]) -> Optional[Staged]:
-        """Place the file `key` at `dest`: from the cache, or fetched with `fetch(path)` into the cache first.
+              fetch: Callable[[Path], Any]) -> Optional[Staged]:
+        """Place the file `key` at `dest`: from the cache, or fetched with `fetch(dest)` and added to it.
 
         None when the cache cannot take the file (full with nothing evictable, or another pilot's fill
-        took longer than the configured wait): the caller then fetches it directly, uncached.
-        A TransferError from `fetch` propagates, with nothing left in the cache.
+        took longer than the configured wait): the caller then fetches it directly, uncached. An error
+        of `fetch` propagates, with nothing left in the cache.
         """
-        data, fill, lockpath = self._paths(key)
+        staged, lock = self.lookup(key, expected, dest)
+        if lock is None:
+            return staged
+        try:
+            fetch(dest)
+        except BaseException:
+            self.abandon(key, lock)
+            raise
+        return self.fill(key, expected, lock, dest)
+
+    def lookup(self, key: CacheKey, expected: Expected, dest: Path) -> tuple[Optional[Staged], Optional[EntryLock]]:
+        """Before the get: a hit is placed at `dest` and returned. On a miss the entry's lock is returned,
+        held exclusively with room reserved: the caller fetches the file to `dest`, then calls `fill` (or
+        `abandon`). (None, None): the cache cannot serve it; fetch it uncached.
+
+        Another pilot filling the same entry is waited for (up to the `wait` setting): one transfer,
+        the others hit."""
+        data, _, lockpath = self._paths(key)
         data.parent.mkdir(mode=0o700, exist_ok=True)
-        lock = EntryLock(lockpath)
+        lock: Optional[EntryLock] = EntryLock(lockpath)
+        assert lock is not None
         try:
             if not lock.acquire(exclusive=False, wait=self.settings.wait, cancel=self.cancel):
-                return self._uncached(key, "another pilot is still filling it")
+                return self._uncached(key, "another pilot is still filling it"), None
             staged = self._hit(key, expected, data, dest, exclusive=False)
             if staged is not None:
-                return staged
+                return staged, None
             lock.release()  # a miss or a bad entry: take the entry for writing
             if not lock.acquire(exclusive=True, wait=self.settings.wait, cancel=self.cancel):
-                return self._uncached(key, "another pilot is still using it")
+                return self._uncached(key, "another pilot is still using it"), None
             staged = self._hit(key, expected, data, dest, exclusive=True)  # filled while we waited?
             if staged is not None:
-                return staged
-            return self._fill(key, expected, dest, fetch, lock)
+                return staged, None
+            self._clear(key)
+            _unlink(dest)  # a fetch that writes in place must not write through an older link
+            if not self._reserve(key, expected):
+                return self._uncached(key, "the cache is full and nothing in it can be evicted"), None
+            held, lock = lock, None
+            return None, held
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def fill(self, key: CacheKey, expected: Expected, lock: EntryLock, path: Path) -> Staged:
+        """After the get's final rename: the file a mover brought to `path` becomes the entry (linked, or
+        copied), verified, made read-only and published under its final name. Releases `lock`."""
+        data, fill, _ = self._paths(key)
+        try:
+            fill.mkdir(mode=0o700)
+            temp = fill / "data"
+            kind = expected.checksum.kind if expected.checksum is not None else "adler32"
+            linked, checksum = self._link_or_copy(path, temp, kind)
+            size = os.stat(temp, follow_symlinks=False).st_size
+            if expected.fsize is not None and size != expected.fsize:
+                raise TransferError(Failure.SIZE_MISMATCH, f"{key.lfn}: size {size} != expected {expected.fsize}")
+            if expected.checksum is not None and checksum != expected.checksum:
+                raise TransferError(Failure.CHECKSUM_MISMATCH, f"{key.lfn}: {checksum} != expected {expected.checksum}",
+                                    checksum_kind=kind)
+            os.chmod(temp, 0o444)  # a linked file: the job's copy too, as it will be at every hit
+            os.replace(temp, data)
+            now = self.clock()
+            with self.index.transaction() as db:
+                db.execute("UPDATE entries SET fsize = ?, checksum = ?, state = 'complete', last_used = ?"
+                           " WHERE hash = ?", (size, str(checksum), now, key.digest))
+                _bump(db, misses=1, bytes_fetched=size)
+        except BaseException:
+            self._drop(key)
+            raise
+        finally:
+            shutil.rmtree(fill, ignore_errors=True)
+            lock.release()
+        return Staged(path, size, checksum, hit=False, linked=linked)
+
+    def abandon(self, key: CacheKey, lock: EntryLock) -> None:
+        """The get after `lookup` failed: nothing of the entry is kept."""
+        try:
+            self._drop(key)
         finally:
             lock.release()
 
@@ -278,96 +339,54 @@ class Pcache:
         row = self.index.get(key.digest)
         if row is None or row[2] != "complete":
             return None
-        fsize, checksum_text = int(row[0]), row[1]
-        recorded = Checksum.parse(checksum_text) if checksum_text else None
-        wanted = expected.checksum or recorded
+        fsize, recorded = int(row[0]), Checksum.parse(row[1]) if row[1] else None
         if (expected.fsize is not None and expected.fsize != fsize) or \
                 (expected.checksum is not None and recorded is not None and expected.checksum != recorded):
-            log.info("pcache: %s:%s cached with other size or checksum; fetched again", key.scope, key.lfn)
+            log.info("pcache: %s:%s cached with another size or checksum; fetched again", key.scope, key.lfn)
             return None
+        wanted = expected.checksum or recorded
+        temp = dest.with_name(f".pcache-{key.digest[:24]}")  # short: the name itself may be 255 bytes
+        _unlink(temp)
         try:
-            staged = self._place(data, dest, wanted.kind if wanted else "adler32")
+            linked, checksum = self._link_or_copy(data, temp, wanted.kind if wanted else "adler32")
+            size = os.stat(temp, follow_symlinks=False).st_size
         except OSError as exc:
-            log.warning("pcache: %s:%s cannot be placed: %s", key.scope, key.lfn, exc.strerror)
-            staged = None
-        if staged is None or staged.fsize != fsize or (wanted is not None and staged.checksum != wanted):
-            if staged is not None:
-                _unlink(dest)
-            if exclusive:  # seen again with the entry to ourselves: evicted by the fill that follows
+            _unlink(temp)
+            log.warning("pcache: %s:%s cannot be placed: %s", key.scope, key.lfn, exc.strerror or exc)
+            return None
+        if size != fsize or (wanted is not None and checksum != wanted):
+            _unlink(temp)
+            if exclusive:  # seen again with the entry to ourselves: replaced by the fill that follows
                 log.warning("pcache: entry %s:%s is corrupted (size or checksum changed); fetched again",
                             key.scope, key.lfn)
                 self._count(corrupted=1)
             return None
+        os.replace(temp, dest)
         now = self.clock()
         with self.index.transaction() as db:
             db.execute("UPDATE entries SET last_used = ? WHERE hash = ?", (now, key.digest))
             _bump(db, hits=1, bytes_saved=fsize)
-        staged.hit = True
-        return staged
+        return Staged(dest, fsize, checksum, hit=True, linked=linked)
 
-    def _fill(self, key: CacheKey, expected: Expected, dest: Path,
-              fetch: Callable[[Path], TransferResult], lock: EntryLock) -> Optional[Staged]:
-        """With the entry locked exclusively: drop what is there, make room, fetch, verify, publish, place."""
-        data, fill, _ = self._paths(key)
-        _remove(data)
-        shutil.rmtree(fill, ignore_errors=True)
-        if not self._reserve(key, expected):
-            return self._uncached(key, "the cache is full and nothing in it can be evicted")
-        try:
-            fill.mkdir(mode=0o700)
-            result = fetch(fill / "data")
-            got = Path(result.location)
-            info = os.stat(got, follow_symlinks=False)
-            checksum = result.checksum if result.checksum is not None else _checksum(got, "adler32")
-            if expected.fsize is not None and info.st_size != expected.fsize:
-                raise TransferError(Failure.SIZE_MISMATCH, f"{key.lfn}: size {info.st_size} != {expected.fsize}")
-            os.chmod(got, 0o444)
-            os.replace(got, data)
-        except BaseException:
-            self._drop(key)
-            raise
-        finally:
-            shutil.rmtree(fill, ignore_errors=True)
-        now = self.clock()
-        with self.index.transaction() as db:
-            db.execute("UPDATE entries SET fsize = ?, checksum = ?, state = 'complete', last_used = ?"
-                       " WHERE hash = ?", (info.st_size, str(checksum), now, key.digest))
-            _bump(db, misses=1, bytes_fetched=info.st_size)
-        try:  # still held exclusively: no evictor can take the file before it is placed
-            staged = self._place(data, dest, checksum.kind)
-        except OSError as exc:
-            raise TransferError(Failure.FAILED, f"{key.lfn}: cannot place the cached file: {exc.strerror}") from None
-        if staged is None:
-            raise TransferError(Failure.FAILED, f"{key.lfn}: the cached file vanished before it was placed")
-        return staged
-
-    def _place(self, data: Path, dest: Path, kind: str) -> Optional[Staged]:
-        """Link (or copy) the cached file to dest, via a temporary name; checks the bytes the job gets."""
-        try:
-            info = os.stat(data, follow_symlinks=False)
-        except FileNotFoundError:
-            return None
-        if not stat.S_ISREG(info.st_mode):
-            return None
-        tag = hashlib.sha256(dest.name.encode("utf-8", "surrogateescape")).hexdigest()[:24]
-        temp = dest.with_name(f".pcache-{tag}")  # short: the name itself may be 255 bytes
-        _unlink(temp)
-        linked = False
+    def _link_or_copy(self, source: Path, target: Path, kind: str) -> tuple[bool, Checksum]:
+        """A hard link (when allowed and possible) or a copy of `source` at `target`, and the checksum of
+        what `target` holds. A link to another file system, or one the file system refuses, is a copy."""
         if self.link_files:
             try:
-                os.link(data, temp, follow_symlinks=False)
-                linked = True
+                os.link(source, target, follow_symlinks=False)
             except OSError as exc:
                 if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP):
                     raise
-                log.debug("pcache: no hard link to %s (%s): copying", dest, exc.strerror)
-        try:
-            checksum = _checksum(temp, kind) if linked else _copy(data, temp, kind)
-            os.replace(temp, dest)
-        except BaseException:
-            _unlink(temp)
-            raise
-        return Staged(dest, info.st_size, checksum, hit=False, linked=linked)
+                log.debug("pcache: no hard link %s -> %s (%s): copying", source, target, exc.strerror)
+            else:
+                return True, _checksum(target, kind)
+        return False, _copy(source, target, kind)
+
+    def _clear(self, key: CacheKey) -> None:
+        """With the entry locked exclusively: remove its file and what a crashed fill left."""
+        data, fill, _ = self._paths(key)
+        _remove(data)
+        shutil.rmtree(fill, ignore_errors=True)
 
     def _reserve(self, key: CacheKey, expected: Expected) -> bool:
         """Make room for the entry (LRU eviction, with hysteresis) and record it as being filled."""
@@ -417,9 +436,7 @@ class Pcache:
 
     def _drop(self, key: CacheKey) -> None:
         """Remove an entry (its lock held exclusively): file, leftovers of a fill, row."""
-        data, fill, _ = self._paths(key)
-        _remove(data)
-        shutil.rmtree(fill, ignore_errors=True)
+        self._clear(key)
         with self.index.transaction() as db:
             db.execute("DELETE FROM entries WHERE hash = ?", (key.digest,))
 
@@ -462,7 +479,7 @@ def _bump(db: sqlite3.Connection, **amounts: int) -> None:
 
 def _checksum(path: Path, kind: str) -> Checksum:
     hasher = Hasher(md5=kind == "md5")
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    fd = open_untrusted(path)
     with os.fdopen(fd, "rb") as src:
         for chunk in iter(lambda: src.read(CHUNK), b""):
             hasher.update(chunk)
@@ -472,7 +489,7 @@ def _checksum(path: Path, kind: str) -> Checksum:
 def _copy(source: Path, dest: Path, kind: str) -> Checksum:
     """Copy with the checksum of the bytes written, in one pass (no fsync: an input can be fetched again)."""
     hasher = Hasher(md5=kind == "md5")
-    fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    fd = open_untrusted(source)
     out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     with os.fdopen(fd, "rb") as src, os.fdopen(out, "wb") as dst:
         for chunk in iter(lambda: src.read(CHUNK), b""):
