@@ -8,6 +8,10 @@ Layout of the directory:
   rejected/              files that are not a job definition at all, each with a .reason beside it
   history/<PandaID>.jsonl every update the job received, one JSON object a line, as a server would see it
   commands/<PandaID>     an operator's command for that job: "tobekilled" (also when empty) or "softkill"
+  history/brokerage.jsonl  each cache-aware choice: the job given to a node that reported its cached files
+
+When the request carries the node's cached files (pilot/cachereport.py), the job with the most input bytes
+already cached there is handed out first (pilot/dispatcher/brokerage.py), among the first candidates.
 
 Anyone may write the directory, so every file in it is untrusted: opened without following links or
 blocking, checked to be a regular file, read with a cap, parsed with bounded depth.
@@ -27,13 +31,16 @@ from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import parse_qsl
 
+from pilot.cachereport import CachedFiles
 from pilot.dispatcher.base import Command, Dispatcher, DispatcherError, FailureKind, JobRequest, JobStatus, JobUpdate
+from pilot.dispatcher.brokerage import cached_input_bytes, prefer_cached
 from pilot.errors import one_line
 from pilot.fsutil import append_line, atomic_write, atomic_write_json, loads_json, read_capped
 
 log = logging.getLogger(__name__)
 
 PUSH_FILE = "pandaJobData.out"
+BROKERAGE = "brokerage.jsonl"
 MAX_JOB_FILE = 64 * 2**20  # bytes of one job definition (or push file)
 MAX_COMMAND = 4096  # bytes of an operator's command file
 MAX_HISTORY = 64 * 2**20  # bytes of one job's history read back
@@ -140,16 +147,29 @@ class LocalDispatcher(Dispatcher):
             listed_now = True
         else:
             listed_now = False
+        cached = CachedFiles.parse(request.cached_files)
+        if cached:
+            self._prefer_cached(cached)
         while True:
             if not self._candidates:
                 if listed_now:
                     return None
                 self._list()  # the queue ran dry: list once more for files added since
                 listed_now = True
+                if cached:
+                    self._prefer_cached(cached)
                 continue
-            job = self._claim(self._candidates.popleft())
+            name = self._candidates.popleft()
+            job = self._claim(name)
             if job is not None:
+                if cached:
+                    self._record_choice(request, name, job, cached_input_bytes(job, cached))
                 return job
+
+    def _prefer_cached(self, cached: CachedFiles) -> None:
+        """The first candidates reordered by the input bytes the asking node has cached (bounded)."""
+        paths, _ = prefer_cached([self.root / name for name in self._candidates], cached, self._peek)
+        self._candidates = collections.deque(path.name for path in paths)
 
     def _claim(self, name: str) -> Optional[dict[str, str]]:
         """Read, check and claim one job file; None when it is gone, not ready or rejected."""
@@ -202,6 +222,23 @@ class LocalDispatcher(Dispatcher):
             return False
         log.warning("job file %s does not parse yet (try %d); tried again later", name, failure.tries)
         return True
+
+    @staticmethod
+    def _peek(path: Path) -> Optional[dict[str, Any]]:
+        """A job file's definition without claiming it (None when unreadable: it is dealt with when claimed)."""
+        try:
+            job = loads_json(read_capped(path, MAX_JOB_FILE))
+        except (OSError, ValueError):
+            return None
+        return job if isinstance(job, dict) else None
+
+    def _record_choice(self, request: JobRequest, name: str, job: dict[str, Any], cached: int) -> None:
+        record = {"time": time.time(), "node": request.node, "job_file": name, "PandaID": _number(job.get("PandaID")),
+                  "cached_input_bytes": cached, "node_cached_files": (request.cached_files or {}).get("count")}
+        try:
+            append_line(self.root / "history" / BROKERAGE, json.dumps(record, sort_keys=True))
+        except OSError as exc:
+            log.warning("brokerage record not written: %s", exc)
 
     def reject(self, job: dict[str, Any], diag: str) -> None:
         """A definition too broken to report (no PandaID): leave the reason for the operator."""
@@ -262,6 +299,10 @@ class LocalDispatcher(Dispatcher):
             return JobStatus(job_id, "unknown")
         last = history[-1]
         return JobStatus(job_id, last.get("job_status", "unknown"), last.get("attempt_nr"), self._command(job_id))
+
+
+def _number(text: Any) -> Any:
+    return int(text) if isinstance(text, str) and text.isascii() and text.isdigit() else text
 
 
 def _text(value: Any) -> str:
