@@ -49,15 +49,15 @@ from pilot.report import (
     send_final,
 )
 from pilot.staging import Stager, Transferred
+from sitemovers.checksum import Checksum
+from sitemovers.registry import Registry
+
+log = logging.getLogger(__name__)
 
 # A batch system ending a job (scancel, condor_rm) signals all of its processes at once: a payload that died
 # of a signal the pilot did not send is given this long for the pilot's own signal to arrive, so that the
 # job is reported with the signal's code (1201 ...) rather than as a failed payload.
 SIGNAL_SETTLE = 2.0
-from sitemovers.checksum import Checksum
-from sitemovers.registry import Registry
-
-log = logging.getLogger(__name__)
 
 
 @dataclass

@@ -10,6 +10,8 @@ from typing import Iterator
 
 import pytest
 
+from tests.integration.slurm import SlurmCluster, missing_programs
+
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
@@ -23,8 +25,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator["SlurmCluster"]:  # noqa: F821
-    from tests.integration.slurm import SlurmCluster, missing_programs
+def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
 
     if os.geteuid() != 0:
         pytest.skip("a single-node Slurm needs root (slurmd runs the batch jobs): run the tests as root")

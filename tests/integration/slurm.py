@@ -186,8 +186,9 @@ PartitionName=ci Nodes=localhost Default=YES MaxTime=INFINITE State=UP
             return jobs
         for line in lines:
             fields = dict(re.findall(r"(\w+)=(\S*)", line))
-            if "JobId" in fields:
-                jobs[fields["JobId"]] = SlurmJob(fields["JobId"], fields.get("JobState", ""), fields.get("ExitCode", ""))
+            job_id = fields.get("JobId")
+            if job_id:
+                jobs[job_id] = SlurmJob(job_id, fields.get("JobState", ""), fields.get("ExitCode", ""))
         return jobs
 
     def wait_finished(self, job_ids: list[str], timeout: float) -> dict[str, SlurmJob]:
