@@ -48,8 +48,12 @@ def batch_id_from_env(env: Mapping[str, str]) -> Optional[str]:
 
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queue", "-q", required=True, help="the PanDA queue (site) name")
-    p.add_argument("--dispatcher", "-d", required=True,
-                   help="a job directory (embedded dispatcher) or the PanDA server URL (https://host:25443)")
+    p.add_argument("--dispatcher", "-d",
+                   help="a job directory (embedded dispatcher) or the PanDA server URL (https://host:25443); "
+                        "required unless --access-point is given")
+    p.add_argument("--access-point", type=Path,
+                   help="Harvester push mode: the worker's access point holding the job (pandaJobData.out); "
+                        "reports go to --dispatcher's server (truePilot) or, without one, to the factory's files")
     p.add_argument("--dispatcher-api", choices=("v1", "legacy"), default="v1",
                    help="PanDA server dialect: v1 (/api/v1/pilot) or legacy (/server/panda)")
     p.add_argument("--queue-config", type=Path, help="YAML file with the queue's settings (schedconfig)")
@@ -113,7 +117,8 @@ def parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> PilotConfig:
     workdir = (args.workdir or Path.cwd() / f"pilot-{os.getpid()}").absolute()
     tag = parse_tag(args.version_tag)
-    dispatcher = args.dispatcher
+    access_point = args.access_point.absolute() if args.access_point else None
+    dispatcher = args.dispatcher or str(access_point)
     if not dispatcher.startswith(("http://", "https://")):
         dispatcher = str(Path(dispatcher).absolute())
     return PilotConfig(
@@ -123,7 +128,7 @@ def config_from_args(args: argparse.Namespace) -> PilotConfig:
         max_no_job=args.max_no_job, no_job_wait=args.no_job_wait, max_failures=args.max_failures,
         stop_file=args.stop_file or workdir / "STOP", heartbeat=args.heartbeat, keep_workdirs=args.keep_workdirs,
         pilot_id=pilot_id_field(args.pilot_id or f"{os.uname().nodename}:{os.getpid()}", tag),
-        version_tag=tag.name, batch_id=args.batch_id, scheduler_id=args.scheduler_id,
+        version_tag=tag.name, batch_id=args.batch_id, access_point=access_point, scheduler_id=args.scheduler_id,
         harvester_id=args.harvester_id, worker_id=args.worker_id, cacert=args.cacert, capath=args.capath,
         cert=args.cert, key=args.key, proxy=args.proxy, token_file=args.token_file, origin=args.origin,
         request_timeout=args.request_timeout, retry_budget=args.retry_budget,
@@ -204,7 +209,10 @@ def open_pcache(queue: QueueConfig, cancel: threading.Event) -> Optional[Pcache]
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    args = parser().parse_args(argv)
+    cli = parser()
+    args = cli.parse_args(argv)
+    if args.command == "run" and not (args.dispatcher or args.access_point):
+        cli.error("run: --dispatcher (or --access-point) is required")
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)-7s %(name)s | %(message)s")
     try:
