@@ -8,11 +8,14 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from pilot import __version__
 from pilot.config import PilotConfig, QueueConfig
 from pilot.errors import ExitCode
+
+if TYPE_CHECKING:
+    from pilot.jobrun import PilotContext
 
 log = logging.getLogger("pilot")
 
@@ -43,6 +46,8 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop-file", type=Path, help="stop taking jobs once this file exists (default: <workdir>/STOP)")
     p.add_argument("--heartbeat", type=_positive, help="seconds between heartbeats (default: the queue's, 1800)")
     p.add_argument("--keep-workdirs", action="store_true", help="keep each job's work dir after its report")
+    p.add_argument("--no-recovery", action="store_true",
+                   help="do not recover the jobs dead pilots left in the work area before taking new ones")
     p.add_argument("--pilot-id", default="", help="this pilot's identity (e.g. the batch job id)")
     p.add_argument("--scheduler-id", default=os.environ.get("PANDA_SCHEDULER_ID", ""), help="factory identity")
     p.add_argument("--harvester-id", default=os.environ.get("HARVESTER_ID"), help="Harvester instance id")
@@ -66,6 +71,7 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     sub = top.add_subparsers(dest="command", required=True)
     _add_run_arguments(sub.add_parser("run", help="run jobs from a dispatcher"))
+    _add_run_arguments(sub.add_parser("recover", help="only recover the jobs dead pilots left, then stop"))
     demo = sub.add_parser("demo", help="run a handful of jobs on a throw-away local site")
     demo.add_argument("--dir", type=Path, help="where to build the site (default: a new temporary directory)")
     return top
@@ -82,6 +88,7 @@ def config_from_args(args: argparse.Namespace) -> PilotConfig:
         computing_element=args.computing_element, max_jobs=args.max_jobs, lifetime=args.lifetime,
         max_no_job=args.max_no_job, no_job_wait=args.no_job_wait, max_failures=args.max_failures,
         stop_file=args.stop_file or workdir / "STOP", heartbeat=args.heartbeat, keep_workdirs=args.keep_workdirs,
+        recovery=not args.no_recovery,
         pilot_id=args.pilot_id or f"{os.uname().nodename}:{os.getpid()}", scheduler_id=args.scheduler_id,
         harvester_id=args.harvester_id, worker_id=args.worker_id, cacert=args.cacert, capath=args.capath,
         cert=args.cert, key=args.key, proxy=args.proxy, token_file=args.token_file, origin=args.origin,
@@ -89,8 +96,30 @@ def config_from_args(args: argparse.Namespace) -> PilotConfig:
     )
 
 
-def run_pilot(config: PilotConfig) -> int:
-    """Set up the pilot's collaborators and run the loop; returns the exit code."""
+def recovery_areas(config: PilotConfig, queue: QueueConfig) -> list[Path]:
+    """Where job recovery looks: the pilot's work directory and the queue's recovery_dir."""
+    areas = [config.workdir]
+    if queue.recovery_dir:
+        areas.append(Path(queue.recovery_dir))
+    return areas
+
+
+def run_recovery(ctx: PilotContext, config: PilotConfig) -> Optional[int]:
+    """The recovery pass; an exit code when it must end the pilot (refused credentials), else None."""
+    from pilot.dispatcher.base import DispatcherError
+    from recovery.jobrecovery import JobRecovery
+
+    try:
+        JobRecovery(ctx, recovery_areas(config, ctx.queue)).run()
+    except DispatcherError as exc:
+        log.error("the dispatcher refused us during recovery: %s", exc.diag)
+        return ExitCode.CREDENTIALS
+    return None
+
+
+def run_pilot(config: PilotConfig, recover_only: bool = False) -> int:
+    """Set up the pilot's collaborators, recover what dead pilots left (unless switched off), and run the
+    loop (or only the recovery); returns the exit code."""
     from pilot.control import Control
     from pilot.dispatcher import make_dispatcher
     from pilot.dispatcher.base import DispatcherError
@@ -128,7 +157,9 @@ def run_pilot(config: PilotConfig) -> int:
     log.info("pandapilot %s on %s, queue %s, dispatcher %s", __version__, ctx.node.host, queue.name,
              config.dispatcher)
     try:
-        code = Pilot(ctx).run()
+        code = run_recovery(ctx, config) if config.recovery or recover_only else None
+        if code is None:
+            code = ExitCode.OK if recover_only else Pilot(ctx).run()
     finally:
         dispatcher.close()
         try:
@@ -148,7 +179,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             from pilot.demo import run_demo
 
             return run_demo(args.dir)
-        return run_pilot(config_from_args(args))
+        return run_pilot(config_from_args(args), recover_only=args.command == "recover")
     except KeyboardInterrupt:
         return 128 + 2
     except Exception:  # the last line of defence: a traceback in the log and the documented code

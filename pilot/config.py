@@ -59,6 +59,8 @@ class QueueConfig:
     stdout_check_interval: float = 60.0
     heartbeat: float = 1800.0
     debug_heartbeat: float = 60.0  # after the server's "debug" command
+    # job recovery: where else to look for jobs dead pilots left (besides the pilot's work directory)
+    recovery_dir: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -159,6 +161,7 @@ class PilotConfig:
     stop_file: Optional[Path] = None
     heartbeat: Optional[float] = None  # overrides the queue's
     keep_workdirs: bool = False
+    recovery: bool = True  # recover jobs dead pilots left before taking new ones
     pilot_id: str = ""
     scheduler_id: str = ""
     harvester_id: Optional[str] = None
