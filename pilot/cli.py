@@ -48,6 +48,9 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-workdirs", action="store_true", help="keep each job's work dir after its report")
     p.add_argument("--no-recovery", action="store_true",
                    help="do not recover the jobs dead pilots left in the work area before taking new ones")
+    p.add_argument("--lost-heartbeat", type=float, default=0.0,
+                   help="embedded dispatcher: seconds without an update after which a claimed job is failed "
+                        "(lost heartbeat) and offered again as its next attempt (0: never)")
     p.add_argument("--pilot-id", default="", help="this pilot's identity (e.g. the batch job id)")
     p.add_argument("--scheduler-id", default=os.environ.get("PANDA_SCHEDULER_ID", ""), help="factory identity")
     p.add_argument("--harvester-id", default=os.environ.get("HARVESTER_ID"), help="Harvester instance id")
@@ -88,7 +91,7 @@ def config_from_args(args: argparse.Namespace) -> PilotConfig:
         computing_element=args.computing_element, max_jobs=args.max_jobs, lifetime=args.lifetime,
         max_no_job=args.max_no_job, no_job_wait=args.no_job_wait, max_failures=args.max_failures,
         stop_file=args.stop_file or workdir / "STOP", heartbeat=args.heartbeat, keep_workdirs=args.keep_workdirs,
-        recovery=not args.no_recovery,
+        recovery=not args.no_recovery, lost_heartbeat=args.lost_heartbeat,
         pilot_id=args.pilot_id or f"{os.uname().nodename}:{os.getpid()}", scheduler_id=args.scheduler_id,
         harvester_id=args.harvester_id, worker_id=args.worker_id, cacert=args.cacert, capath=args.capath,
         cert=args.cert, key=args.key, proxy=args.proxy, token_file=args.token_file, origin=args.origin,

@@ -162,6 +162,7 @@ class PilotConfig:
     heartbeat: Optional[float] = None  # overrides the queue's
     keep_workdirs: bool = False
     recovery: bool = True  # recover jobs dead pilots left before taking new ones
+    lost_heartbeat: float = 0.0  # embedded dispatcher: s without an update before a claimed job is lost
     pilot_id: str = ""
     scheduler_id: str = ""
     harvester_id: Optional[str] = None

@@ -7,6 +7,12 @@ Layout of the directory:
   rejected/              files that are not a job definition at all, each with a .reason beside it
   history/<PandaID>.jsonl every update the job received, one JSON object a line, as a server would see it
   commands/<PandaID>     an operator's command for that job: "tobekilled" (also when empty) or "softkill"
+
+Lost heartbeats (when `lost_heartbeat` is set): as a PanDA server does, a claimed job with no update
+for that many seconds is failed ("lost heartbeat") in its history and, while attempts remain (the job's
+`maxAttempt`, default 3), offered again as a new job file with the next `attemptNr`; its claimed file
+becomes `claimed/<name>.lost-<attempt>`. A pilot that later recovers the old attempt finds the attempt
+moved on and only cleans up.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from typing import Any, Optional
 from urllib.parse import parse_qsl
 
 from pilot.dispatcher.base import Command, Dispatcher, JobRequest, JobStatus, JobUpdate
-from pilot.fsutil import append_line, atomic_write, atomic_write_json
+from pilot.fsutil import append_line, atomic_write, atomic_write_json, read_capped
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +44,16 @@ def parse_push_file(text: str) -> list[dict[str, Any]]:
     return [dict(parse_qsl(text, keep_blank_values=True))]
 
 
+FINAL_STATES = frozenset({"finished", "failed", "cancelled", "closed"})
+DEFAULT_MAX_ATTEMPTS = 3
+
+
 class LocalDispatcher(Dispatcher):
     name = "local"
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, lost_heartbeat: float = 0.0) -> None:
         self.root = Path(directory)
+        self.lost_heartbeat = lost_heartbeat  # s without an update before a claimed job is lost; 0: never
         for sub in ("claimed", "rejected", "history", "commands"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
 
@@ -76,6 +87,8 @@ class LocalDispatcher(Dispatcher):
 
     def get_job(self, request: JobRequest) -> Optional[dict[str, str]]:
         self._split_push_file()
+        if self.lost_heartbeat > 0:
+            self.retry_lost()
         for path in sorted(self.root.glob("*.json"), key=lambda p: (len(p.name), p.name)):
             claimed = self.root / "claimed" / path.name
             try:
@@ -90,6 +103,7 @@ class LocalDispatcher(Dispatcher):
             if not isinstance(job, dict):
                 self._reject(claimed, f"a job definition is a JSON object, not {type(job).__name__}")
                 continue
+            os.utime(claimed)  # the claim's time: a job that never reports is lost from then on
             log.info("claimed job file %s", path.name)
             return {str(k): "NULL" if v is None else str(v) for k, v in job.items()}
         return None
@@ -124,9 +138,57 @@ class LocalDispatcher(Dispatcher):
             return []
         return [json.loads(line) for line in lines if line.strip()]
 
+    # --- lost heartbeats ------------------------------------------------------------------------------
+    def retry_lost(self, now: Optional[float] = None) -> list[int]:
+        """Fail the claimed jobs whose pilot went silent and offer each again with the next attemptNr
+        while attempts remain; returns their PandaIDs. Two pilots never handle one job: the claimed
+        file is renamed away first."""
+        now = time.time() if now is None else now
+        lost = []
+        for claimed in (self.root / "claimed").glob("*.json"):
+            try:
+                job = json.loads(read_capped(claimed, JOB_FILE_CAP))
+                panda_id, attempt = int(job["PandaID"]), int(job.get("attemptNr") or 1)
+                mine = [h for h in self.history(panda_id) if h.get("attempt_nr", attempt) == attempt]
+                last = mine[-1] if mine else {}
+                if last.get("job_status") in FINAL_STATES:
+                    continue
+                active = max(float(last.get("time", 0.0)), claimed.stat().st_mtime)
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if now - active < self.lost_heartbeat:
+                continue
+            try:
+                os.rename(claimed, claimed.with_name(f"{claimed.name}.lost-{attempt}"))
+            except FileNotFoundError:
+                continue  # another pilot handles it
+            diag = f"lost heartbeat: no update for {int(now - active)} s"
+            append_line(self._history(panda_id), json.dumps(
+                {"time": now, "job_id": panda_id, "job_status": "failed", "attempt_nr": attempt,
+                 "job_dispatcher_error_diag": diag}, sort_keys=True))
+            maximum = _int(job.get("maxAttempt"), DEFAULT_MAX_ATTEMPTS)
+            if attempt < maximum:
+                atomic_write_json(self.root / f"{panda_id}.json", {**job, "attemptNr": str(attempt + 1)})
+                log.warning("job %d attempt %d: %s; offered again as attempt %d", panda_id, attempt, diag,
+                            attempt + 1)
+            else:
+                log.warning("job %d attempt %d: %s; no attempts left", panda_id, attempt, diag)
+            lost.append(panda_id)
+        return lost
+
     def job_status(self, job_id: int) -> JobStatus:
         history = self.history(job_id)
         if not history:
             return JobStatus(job_id, "unknown")
         last = history[-1]
         return JobStatus(job_id, last.get("job_status", "unknown"), last.get("attempt_nr"), self._command(job_id))
+
+
+JOB_FILE_CAP = 16 * 2**20
+
+
+def _int(value: Any, default: int) -> int:
+    try:
+        return int(str(value))
+    except (TypeError, ValueError):
+        return default
