@@ -163,7 +163,9 @@ class PilotConfig:
     keep_workdirs: bool = False
     recovery: bool = True  # recover jobs dead pilots left before taking new ones
     lost_heartbeat: float = 0.0  # embedded dispatcher: s without an update before a claimed job is lost
-    pilot_id: str = ""
+    pilot_id: str = ""  # as sent: `<id>|<version tag>|<version>`
+    version_tag: str = "PR"  # PR, RC, RCM, ALRB, PT (pilot/versiontag.py)
+    batch_id: Optional[str] = None  # the batch system's job id (Slurm, HTCondor, ...)
     scheduler_id: str = ""
     harvester_id: Optional[str] = None
     worker_id: Optional[int] = None
