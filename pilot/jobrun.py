@@ -32,12 +32,14 @@ from pilot.control import Control
 from pilot.dispatcher.base import Dispatcher, DispatcherError, FailureKind, JobUpdate
 from pilot.errors import ErrorCode, PilotError, one_line
 from pilot.heartbeat import Heartbeat, Reporter
+from pilot.identity import Launcher, make_launcher
 from pilot.job import Job
 from pilot.journal import Journal
-from pilot.layout import PILOT_LOG, STDERR, STDOUT
+from pilot.layout import JobDir
 from pilot.monitor import Limits, Monitor, watch
 from pilot.node import NodeInfo
 from pilot.payload import Payload, build_command, payload_env
+from pilot.proctrack import new_tracker
 from pilot.report import (
     job_log,
     job_metrics,
@@ -65,6 +67,7 @@ class PilotContext:
     registry: Registry
     control: Control
     deadline: Optional[float] = None  # wall-clock time at which the pilot must be gone
+    launcher: Optional[Launcher] = None  # who the payload runs as; default: the queue's `identity`
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -96,9 +99,11 @@ class JobRun:
         self.job = job
         self.ctx = ctx
         self.workdir = workdir
+        self.dirs = JobDir(workdir)
         self.timing: dict[str, float] = {"getjob": getjob_seconds}
         self.started = time.time()
         self.payload: Optional[Payload] = None
+        self.launcher: Optional[Launcher] = None
         self.monitor: Optional[Monitor] = None
         self.outputs: list[Transferred] = []
         self.error: Optional[PilotError] = None
@@ -109,6 +114,7 @@ class JobRun:
     def run(self) -> JobResult:
         try:
             self.workdir.mkdir(parents=True, exist_ok=False)
+            self.dirs.payload.mkdir()
         except OSError as exc:
             code = ErrorCode.NO_LOCAL_SPACE if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ErrorCode.MKDIR
             error = PilotError(code, f"cannot create the work dir {self.workdir}: {exc.strerror}")
@@ -116,7 +122,7 @@ class JobRun:
         with job_log(self.workdir):
             log.info("job %d (attempt %d) in %s", self.job.panda_id, self.job.attempt_nr, self.workdir)
             self.journal = Journal.create(self.workdir, self.job.panda_id, self.job.attempt_nr,
-                                          self.ctx.queue.name, self.ctx.node.host, self.job.raw)
+                                          self.ctx.queue.name, self.ctx.node.host, _without_secrets(self.job.raw))
             self.reporter = Reporter(self.ctx.dispatcher, self.ctx.control, self.journal, self.ctx.identity)
             heartbeat = Heartbeat(self.reporter, self.ctx.config.heartbeat or self.ctx.queue.heartbeat,
                                   self.ctx.queue.debug_heartbeat)
@@ -172,18 +178,29 @@ class JobRun:
 
     # --- steps ------------------------------------------------------------------------------------
     def _stage_in(self) -> None:
-        self.stager.stage_in(self.job, self.workdir, self.journal)
+        self.stager.stage_in(self.job, self.dirs.payload, self.journal)
         self.journal.reach("staged_in")
 
     def _run_payload(self) -> None:
-        control = self.ctx.control
+        control, queue, dirs = self.ctx.control, self.ctx.queue, self.dirs
         begin = time.monotonic()
-        argv = build_command(self.job, self.workdir, self.ctx.queue)
-        self.payload = Payload(argv, self.workdir, payload_env(self.job, self.workdir, dict(os.environ)))
-        limits = Limits.for_job(self.job, self.ctx.queue, self.ctx.deadline)
-        self.monitor = Monitor(self.payload, self.workdir, limits, self.ctx.queue)
+        argv = build_command(self.job, dirs.payload, queue)
+        credentials = tuple(name.strip() for name in queue.payload_credentials.split(",") if name.strip())
+        env = payload_env(self.job, dirs.payload, dict(os.environ), credentials)
+        try:
+            self.launcher = self.ctx.launcher or make_launcher(queue, self.ctx.config.workdir)
+        except ValueError as exc:
+            raise PilotError(ErrorCode.SETUP_FAILURE, str(exc)) from None
+        launch = self.launcher.prepare(self.job, dirs, argv, env)
+        tracker = new_tracker(f"{self.job.panda_id}-{self.job.attempt_nr}")
+        if hasattr(tracker, "path"):  # what a later pilot needs to end this payload, on disk first
+            self.journal.note_payload(cgroup=str(tracker.path))
+        self.payload = Payload(launch.argv, dirs.payload, launch.env, tracker)
+        limits = Limits.for_job(self.job, queue, self.ctx.deadline)
+        self.monitor = Monitor(self.payload, dirs.payload, limits, queue)
         self.timing["setup"] = time.monotonic() - begin
         if control.job_kill is not None:
+            tracker.close()
             raise control.job_kill
         self.payload.start(control.wake)
         reason = watch(self.payload, self.monitor, control)
@@ -195,30 +212,34 @@ class JobRun:
                  self.payload.ended - self.payload.started)
         if reason is not None:
             raise reason
+        launcher_error = self.launcher.exit_error(self.exit_code)
+        if launcher_error is not None:
+            raise launcher_error
         if self.exit_code != 0:
-            detail = last_line(self.workdir / STDERR)
+            detail = last_line(dirs.stderr)
             raise PilotError(ErrorCode.PAYLOAD_FAILED,
                              f"payload exited with code {self.exit_code}" + (f": {detail}" if detail else ""))
 
     def _stage_out_outputs(self) -> None:
-        files = [(spec, self.workdir / spec.lfn) for spec in self.job.outputs]
+        files = [(spec, self.dirs.payload / spec.lfn) for spec in self.job.outputs]
         self.outputs = self.stager.stage_out(self.job, files, self.journal)
 
     def _kill_payload(self) -> None:
-        """Whatever happened, nothing of the payload outlives its job."""
-        if self.payload is None or self.payload.proc is None:
-            return
-        if not self.payload.exited.is_set():
-            self.payload.kill(self.ctx.queue.kill_grace)
-        elif self.payload.returncode is None:
-            self.payload.reap()
+        """Whatever happened, nothing of the payload outlives its job, nor any copy of the user's proxy."""
+        if self.payload is not None and self.payload.proc is not None:
+            if not self.payload.exited.is_set():
+                self.payload.kill(self.ctx.queue.kill_grace)
+            elif self.payload.returncode is None:
+                self.payload.reap()
+        if self.launcher is not None:
+            self.launcher.cleanup(self.dirs)
 
     def _ship_log(self) -> Optional[Transferred]:
         """The log tarball goes out whatever happened, even after a kill (with a fresh cancel flag)."""
         begin = time.monotonic()
         stager = Stager(self.ctx.queue, self.ctx.registry, threading.Event())
         try:
-            tarball = make_log_tarball(self.workdir, self.job.log.lfn)
+            tarball = make_log_tarball(self.dirs, self.job.log.lfn)
             shipped = stager.stage_out(self.job, [(self.job.log, tarball)], self.journal)
             return shipped[0]
         except PilotError as exc:
@@ -237,7 +258,7 @@ class JobRun:
         failed = self.error is not None
         files = [*self.outputs, *([log_entry] if log_entry else [])]
         payload, monitor = self.payload, self.monitor
-        job_report = read_job_report(self.workdir)
+        job_report = read_job_report(self.dirs.job_report)
         fields: dict[str, Any] = {
             "trans_exit_code": self.exit_code if self.exit_code is not None else (0 if not failed else None),
             "pilot_error_code": int(self.error.code) if failed else 0,
@@ -248,8 +269,8 @@ class JobRun:
             "end_time": utc(time.time()),
             "job_output_report": output_report(self.job, files) if files else None,
             "pilot_timing": pilot_timing(self.timing),
-            "pilot_log": tail(self.workdir / PILOT_LOG, 1024),
-            "stdout": tail(self.workdir / STDOUT, 2048) or None,
+            "pilot_log": tail(self.dirs.pilot_log, 1024),
+            "stdout": tail(self.dirs.stdout, 2048) or None,
         }
         if payload is not None and payload.proc is not None:
             fields.update(cpu_consumption_time=int(round(payload.cpu_seconds)), cpu_consumption_unit="s",
@@ -318,6 +339,11 @@ class JobRun:
         result.reported = True
         log.info("job %d %s (error %d) reported", self.job.panda_id, state, result.error_code)
         return result
+
+
+def _without_secrets(raw: dict[str, str]) -> dict[str, str]:
+    """The job definition as the journal keeps it: the user's proxy stays out of it."""
+    return {k: v for k, v in raw.items() if k != "userProxy"}
 
 
 def _is_int32(value: Any) -> bool:

@@ -41,6 +41,7 @@ class Journal:
     files: dict[str, dict[str, Any]] = field(default_factory=dict)  # "in:<lfn>" / "out:<lfn>"
     final: Optional[dict[str, Any]] = None  # the final report, kept until the dispatcher took it
     recovery_attempts: int = 0
+    payload_cgroup: Optional[str] = None  # the payload's cgroup, for a later pilot to end what is left of it
     updated: float = 0.0
     # the heartbeat thread and the main thread both record in it: one change and save at a time
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
@@ -95,6 +96,12 @@ class Journal:
         with self._lock:
             entry = self.files.get(f"{direction}:{lfn}")
             return dict(entry) if entry and entry.get("status") == "done" else None
+
+    def note_payload(self, cgroup: Optional[str]) -> None:
+        """Where the payload's processes are, before it starts."""
+        with self._lock:
+            self.payload_cgroup = cgroup
+            self.save()
 
     def owe_final(self, report: Optional[dict[str, Any]]) -> None:
         """Keep the final report until the dispatcher has taken it (None: it has)."""

@@ -31,14 +31,15 @@ from pilot.proctrack import SubreaperTracker, Tracker
 log = logging.getLogger(__name__)
 
 # Variables of the pilot's environment that the payload keeps; everything else is dropped. The pilot's
-# own credentials go to production payloads only, never to a user's (analysis) payload.
+# own credentials go to production payloads only when the queue names them, never to a user's payload.
 PASS_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "SHELL",
             "X509_CERT_DIR", "X509_VOMS_DIR", "SITE_NAME")
-PILOT_CREDENTIALS = ("X509_USER_PROXY", "BEARER_TOKEN_FILE")
 
 
-def payload_env(job: Job, workdir: Path, base: dict[str, str]) -> dict[str, str]:
-    keep = PASS_ENV if job.is_analysis else PASS_ENV + PILOT_CREDENTIALS
+def payload_env(job: Job, workdir: Path, base: dict[str, str], credentials: tuple[str, ...] = ()) -> dict[str, str]:
+    """The payload's environment: a few of the pilot's variables, none of its credentials but those
+    named in `credentials` (the queue's `payload_credentials`), which only production jobs get."""
+    keep = PASS_ENV if job.is_analysis else PASS_ENV + credentials
     env = {k: v for k, v in base.items() if k in keep or k.startswith("LC_")}
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
     tmp = workdir / TMP

@@ -171,7 +171,7 @@ class Tracker(ABC):
             if done:
                 self._seen.discard(pid)
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - nothing to release for most trackers
         """Release what the tracker holds (after the payload has ended)."""
 
     _seen: set[int]
