@@ -35,6 +35,15 @@ class QueueConfig:
     transfer_retry_wait: float = 10.0  # s between transfer attempts
     maxinputsize: int = 0  # MB of inputs a job may bring in; 0: no limit
     allowdirectaccess: bool = False
+    # the node's file cache (pilot/pcache.py); off when `pcache` (its directory) is unset
+    pcache: str = ""
+    pcache_limit: str = "80%"  # bytes (e.g. 20G) or a percentage of the cache's disk
+    pcache_hysteresis: float = 0.75  # when full, evict down to this fraction of the limit
+    pcache_accept: str = ""  # comma-separated glob patterns of cacheable source URLs (empty: all)
+    pcache_reject: str = ""  # patterns never cached, e.g. *.lib.tgz
+    pcache_link: str = "auto"  # auto | hardlink | copy: how a cached file reaches the work dir
+    pcache_wait: float = 600.0  # s to wait for another pilot filling the same file
+    pcache_report_max: int = 1000  # cached files named in a job request; above, a digest is sent
     # the payload
     setup: str = ""  # a shell snippet sourced before the payload (release setup)
     corecount: int = 0  # cores per job if the job does not say
@@ -168,7 +177,9 @@ class PilotConfig:
     stop_file: Optional[Path] = None
     heartbeat: Optional[float] = None  # overrides the queue's
     keep_workdirs: bool = False
-    pilot_id: str = ""
+    pilot_id: str = ""  # as sent: `<id>|<version tag>|<version>`
+    version_tag: str = "PR"  # PR, RC, RCM, ALRB, PT (pilot/versiontag.py)
+    batch_id: Optional[str] = None  # the batch system's job id (Slurm, HTCondor, ...)
     scheduler_id: str = ""
     harvester_id: Optional[str] = None
     worker_id: Optional[int] = None
@@ -182,6 +193,7 @@ class PilotConfig:
     origin: Optional[str] = None
     request_timeout: float = 60.0
     retry_budget: float = 600.0
+    pcache_report_field: str = ""  # the job request field carrying the cached files to a PanDA server ("": none)
 
     @property
     def is_remote(self) -> bool:

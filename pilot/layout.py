@@ -1,4 +1,5 @@
-"""Every name of a job's work directory.
+"""Every name of the work area: the job dirs under a pilot's work directory, and the pilot's own files in
+a job's work directory (no input or output may take one of those).
 
     <job dir>/                 the pilot's: the payload cannot write here (in switched modes)
         journal.json           the durable record of the job
@@ -6,18 +7,21 @@
         <log>.tgz              the log tarball while it is built
         payload.sh             the wrapper that starts the payload (switched modes)
         proxy/                 0700: the user's proxy as the pilot received it
-        cred/                  0700, the payload account's: its copy of the user's proxy
+        cred/                  0700, the payload account's: its copies of credentials
         work/                  the payload's part (owned by the payload's account in switched modes):
             inputs, outputs, payload.stdout, payload.stderr, jobReport.json, tmp/
 
-No input or output may take one of these names. Everything the pilot reads from `work/` may have been
-planted by the payload: it is opened without following links and read with a bound (pilot.fsutil).
+Everything the pilot reads from `work/` may have been planted by the payload: it is opened without
+following links and read with a bound (pilot.fsutil).
 """
 
 from __future__ import annotations
 
+import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 JOURNAL = "journal.json"
 PILOT_LOG = "pilot.log"
@@ -26,23 +30,47 @@ STDERR = "payload.stderr"
 JOB_REPORT = "jobReport.json"  # written by the payload, read by the pilot
 TMP = "tmp"  # the payload's TMPDIR
 PAYLOAD_DIR = "work"  # the payload's part of the job's work dir
-WRAPPER = "payload.sh"
-PROXY_DIR = "proxy"
-CRED_DIR = "cred"
+WRAPPER = "payload.sh"  # starts the payload under its account
+PROXY_DIR = "proxy"  # the user's proxy, the pilot's copy
+CRED_DIR = "cred"  # the payload account's copies of credentials
+RECOVERY_LOCK = "recovery.lock"  # held by the pilot recovering this job (O_EXCL)
+# A journal that recovery set aside (unreadable, or out of attempts): never scanned again.
+JOURNAL_ASIDE = (f"{JOURNAL}.corrupt", f"{JOURNAL}.exhausted")
 
-RESERVED = frozenset({JOURNAL, PILOT_LOG, STDOUT, STDERR, TMP, JOB_REPORT, PAYLOAD_DIR, WRAPPER, PROXY_DIR,
-                      CRED_DIR})
+RESERVED = frozenset({JOURNAL, PILOT_LOG, STDOUT, STDERR, TMP, RECOVERY_LOCK, *JOURNAL_ASIDE, JOB_REPORT,
+                      PAYLOAD_DIR, WRAPPER, PROXY_DIR, CRED_DIR})
 # Files that change because the pilot works, not the payload: the looping check ignores them.
-PILOT_OWN = frozenset({JOURNAL, PILOT_LOG})
+PILOT_OWN = frozenset({JOURNAL, PILOT_LOG, RECOVERY_LOCK})
+
+JOB_DIR_PREFIX = "PanDA_Pilot-"
+_JOB_DIR = re.compile(r"PanDA_Pilot-(\d{1,19})-(\d{1,9})(?:-\d+)?\Z")
 
 
 def is_reserved(name: str) -> bool:
     return name in RESERVED or name.startswith(f".{JOURNAL}.")  # the journal's temporary files
 
 
+def job_dir_name(panda_id: int, attempt_nr: int) -> str:
+    return f"{JOB_DIR_PREFIX}{int(panda_id)}-{int(attempt_nr)}"
+
+
+def new_job_dir(workdir: Path, panda_id: int, attempt_nr: int) -> Path:
+    """A job's work dir under the pilot's work directory; a leftover of the same name gets a suffix."""
+    path = Path(workdir) / job_dir_name(panda_id, attempt_nr)
+    if path.exists():
+        path = path.with_name(f"{path.name}-{time.time_ns()}")
+    return path
+
+
+def parse_job_dir(name: str) -> Optional[tuple[int, int]]:
+    """(PandaID, attemptNr) of a job dir's name, None for anything else."""
+    match = _JOB_DIR.match(name)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
 @dataclass(frozen=True)
 class JobDir:
-    """The paths of one job's work directory."""
+    """The paths of one job's work directory: the pilot's part and the payload's part."""
 
     root: Path
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,8 +12,10 @@ from typing import Any, Callable, Optional
 
 from pilot.dispatcher.base import DispatcherError, FailureKind, JobRequest
 from pilot.errors import ExitCode
+from pilot.identity import needs_user_proxy
 from pilot.job import JobDefinitionError, parse_job
 from pilot.jobrun import JobResult, JobRun, PilotContext, report_unrun
+from pilot.layout import new_job_dir
 from pilot.node import free_mb
 
 log = logging.getLogger(__name__)
@@ -78,7 +81,19 @@ class Pilot:
             harvester_id=cfg.harvester_id,
             worker_id=cfg.worker_id,
             remaining_time=remaining,
+            cached_files=self._cache_report(),
+            get_proxy_key=needs_user_proxy(self.ctx.queue),  # glexec queues: the user's proxy with the job
         )
+
+    def _cache_report(self) -> Optional[dict[str, Any]]:
+        """The node cache's contents for the dispatcher; a cache that cannot be read reports nothing."""
+        if self.ctx.pcache is None:
+            return None
+        try:
+            return self.ctx.pcache.report()
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("the node cache cannot be scanned: %s", exc)
+            return None
 
     def run(self) -> int:
         """Run jobs until a stop rule holds; returns the pilot's exit code."""
@@ -148,7 +163,4 @@ class Pilot:
         return JobRun(job, ctx, self._job_dir(job.panda_id, job.attempt_nr), getjob_seconds).run()
 
     def _job_dir(self, panda_id: int, attempt_nr: int) -> Path:
-        path = self.ctx.config.workdir / f"PanDA_Pilot-{panda_id}-{attempt_nr}"
-        if path.exists():
-            path = path.with_name(f"{path.name}-{time.time_ns()}")
-        return path
+        return new_job_dir(self.ctx.config.workdir, panda_id, attempt_nr)

@@ -8,6 +8,7 @@ nothing else on the node.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import resource
@@ -18,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import psutil
 
@@ -29,6 +30,8 @@ from pilot.layout import JOB_REPORT, STDERR, STDOUT, TMP
 from pilot.proctrack import SubreaperTracker, Tracker
 
 log = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1
 
 # Variables of the pilot's environment that the payload keeps; everything else is dropped. The pilot's
 # own credentials go to production payloads only when the queue names them, never to a user's payload.
@@ -56,6 +59,34 @@ def payload_env(job: Job, workdir: Path, base: dict[str, str], credentials: tupl
         "PILOT_JOB_REPORT": str(workdir / JOB_REPORT),
     })
     return env
+
+
+def process_identity(pid: int) -> dict[str, Any]:
+    """What tells this process (and its group and session) from a later one that reuses the numbers."""
+    identity: dict[str, Any] = {"pid": pid, "start_time": None, "pgid": None, "sid": None}
+    try:
+        identity.update(pgid=os.getpgid(pid), sid=os.getsid(pid), start_time=psutil.Process(pid).create_time())
+    except (OSError, psutil.Error):
+        pass
+    return identity
+
+
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    """For the payload's leader, between fork and exec: it gets SIGKILL when the pilot dies (Linux), so
+    a killed pilot does not leave its payload writing on into an abandoned work dir. The C function is
+    looked up here, in the pilot, so that the child only calls it."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        prctl = None
+
+    def arm() -> None:
+        if prctl is None or prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+            return
+        if os.getppid() != parent:  # the pilot died before the signal was armed
+            os._exit(137)
+
+    return arm
 
 
 def download_transformation(url: str, workdir: Path, timeout: float = 300.0) -> Path:
@@ -127,7 +158,7 @@ class Payload:
             self.proc = subprocess.Popen(
                 self.argv, cwd=self.workdir, env=self.env, stdin=subprocess.DEVNULL,
                 stdout=out_fd, stderr=err_fd, start_new_session=True, close_fds=True,
-                preexec_fn=self.tracker.preexec(),
+                preexec_fn=_in_child(_die_with_parent(os.getpid()), self.tracker.preexec()),
             )
         except OSError as exc:
             self.tracker.close()
@@ -217,6 +248,17 @@ class Payload:
         if before is not None:
             self.cpu_seconds = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         self.max_rss_kb = max(self.max_rss_kb, after.ru_maxrss)
+
+
+def _in_child(*steps: Optional[Callable[[], None]]) -> Callable[[], None]:
+    """The steps the payload's leader takes between fork and exec, in order."""
+    todo = [step for step in steps if step is not None]
+
+    def run() -> None:
+        for step in todo:
+            step()
+
+    return run
 
 
 def create_new(path: Path, mode: int = 0o644) -> int:
