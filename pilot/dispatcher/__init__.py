@@ -27,7 +27,7 @@ def make_dispatcher(config: PilotConfig, stopping: threading.Event) -> Dispatche
         return server
     from pilot.dispatcher.local import LocalDispatcher
 
-    return LocalDispatcher(Path(config.dispatcher))
+    return LocalDispatcher(Path(config.dispatcher), lost_heartbeat=config.lost_heartbeat)
 
 
 def _panda_server(config: PilotConfig, stopping: threading.Event) -> Dispatcher:
