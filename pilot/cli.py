@@ -118,6 +118,16 @@ def parser() -> argparse.ArgumentParser:
     _add_run_arguments(sub.add_parser("recover", help="only recover the jobs dead pilots left, then stop"))
     demo = sub.add_parser("demo", help="run a handful of jobs on a throw-away local site")
     demo.add_argument("--dir", type=Path, help="where to build the site (default: a new temporary directory)")
+    test = sub.add_parser("selftest", help="the release tester's battery of test jobs on this node")
+    test.add_argument("--bundle", type=Path, help="the candidate bundle (default: this installed pilot)")
+    test.add_argument("--compare", type=Path, metavar="BUNDLE",
+                      help="run the battery with this bundle too (e.g. production) and show both side by side")
+    test.add_argument("--queue-config", type=Path, help="the queue's settings (YAML) to test with")
+    test.add_argument("--python", default=shutil.which("python3") or sys.executable,
+                      help="the python3 that runs the bundles (default: python3 on PATH)")
+    test.add_argument("--dir", type=Path, help="where to build the test sites (default: a temporary directory)")
+    test.add_argument("--only", help="comma-separated test names (default: all)")
+    test.add_argument("--timeout", type=_positive, default=300.0, help="seconds one pilot run may take")
     return top
 
 
@@ -252,6 +262,12 @@ def main(argv: Optional[list[str]] = None) -> int:
             from pilot.demo import run_demo
 
             return run_demo(args.dir)
+        if args.command == "selftest":
+            from pilot.selftest import main_selftest
+
+            only = {name.strip() for name in args.only.split(",")} if args.only else None
+            return main_selftest(args.bundle, args.compare, args.queue_config, args.python, args.dir, only,
+                                 args.timeout)
         return run_pilot(config_from_args(args), recover_only=args.command == "recover")
     except KeyboardInterrupt:
         return 128 + 2
