@@ -51,8 +51,10 @@ class ErrorCode(IntEnum):
     SIGINT = 1208
     OUT_OF_MEMORY = 1212
     REACHED_MAX_TIME = 1213
+    FILE_EXISTS = 1221
     UNKNOWN_EXCEPTION = 1301
     CONVERSION_FAILURE = 1302
+    FILE_HANDLING = 1303
     PAYLOAD_FAILED = 1305
     NOT_DEFINED = 1311
     NOT_SAME_LENGTH = 1312
@@ -61,9 +63,12 @@ class ErrorCode(IntEnum):
     COMMUNICATION_FAILURE = 1318
     LOGFILE_CREATION = 1320
     UNKNOWN_COPYTOOL = 1323
+    NO_REMOTE_SPACE = 1333
+    STAGEIN_AUTH = 1338
     EMPTY_OUTPUT = 1350
     BAD_FILE_NAME = 1371
     PREEMPTION = 1379
+    STAGEOUT_AUTH = 1383
 
 
 DESCRIPTIONS: dict[ErrorCode, str] = {
@@ -105,8 +110,10 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.SIGINT: "killed by SIGINT",
     ErrorCode.OUT_OF_MEMORY: "payload exceeded its memory limit",
     ErrorCode.REACHED_MAX_TIME: "reached the pilot's time limit",
+    ErrorCode.FILE_EXISTS: "file already exists",
     ErrorCode.UNKNOWN_EXCEPTION: "unexpected pilot exception",
     ErrorCode.CONVERSION_FAILURE: "malformed value in job definition",
+    ErrorCode.FILE_HANDLING: "failed during file handling",
     ErrorCode.PAYLOAD_FAILED: "payload execution failed",
     ErrorCode.NOT_DEFINED: "required field missing in job definition",
     ErrorCode.NOT_SAME_LENGTH: "file lists of different lengths in job definition",
@@ -115,9 +122,12 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.COMMUNICATION_FAILURE: "communication with the server failed",
     ErrorCode.LOGFILE_CREATION: "log file creation failed",
     ErrorCode.UNKNOWN_COPYTOOL: "unknown copy tool",
+    ErrorCode.NO_REMOTE_SPACE: "no space left at the storage",
+    ErrorCode.STAGEIN_AUTH: "authentication failure during stage-in",
     ErrorCode.EMPTY_OUTPUT: "empty output file",
     ErrorCode.BAD_FILE_NAME: "illegal file name",
     ErrorCode.PREEMPTION: "job was preempted",
+    ErrorCode.STAGEOUT_AUTH: "authentication failure during stage-out",
 }
 
 SIGNAL_CODES: dict[int, ErrorCode] = {

@@ -3,6 +3,13 @@
 It lives in the job's work directory as `journal.json`. A pilot that dies leaves it behind; recovery
 reads it to know which step was reached, which files are already transferred, and which final report
 is still owed to the dispatcher.
+
+File records are events appended to `journal.files.jsonl` beside it (one JSON object per line), so the
+cost per file stays flat however many files a job has: an output's event is fsynced before the
+stage-out returns (exactly once: a resumed job never sends it again), an input's is made durable with
+the next step (a lost input record only means fetching it again). `load` folds the events into `files`
+(a torn last line, from a crash mid-write, is ignored); `save` keeps a snapshot of `files` in
+journal.json as well.
 """
 
 from __future__ import annotations
@@ -11,6 +18,8 @@ import copy
 import dataclasses
 import json
 import logging
+import os
+import stat
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,9 +27,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 from pilot.fsutil import atomic_write_json
-from pilot.layout import JOURNAL
+from pilot.layout import JOURNAL, JOURNAL_FILES
 
 log = logging.getLogger(__name__)
+
+MAX_EVENTS_BYTES = 256 << 20  # a file-event log larger than this is not read (it cannot be the pilot's)
 
 
 # The steps of a job's life, in order.
@@ -56,7 +67,13 @@ class Journal:
     def load(cls, path: Path) -> Journal:
         data = json.loads(Path(path).read_text())
         data.pop("version", None)
-        return cls(path=Path(path), **data)
+        journal = cls(path=Path(path), **data)
+        journal.files.update(read_events(journal.events_path))
+        return journal
+
+    @property
+    def events_path(self) -> Path:
+        return self.path.with_name(JOURNAL_FILES)
 
     def save(self) -> bool:
         """Write the journal; a failure (a full disk) is logged, not raised: the job goes on and is
@@ -77,6 +94,7 @@ class Journal:
         if step not in STEPS:
             raise ValueError(f"unknown journal step {step!r}")
         with self._lock:
+            self.sync()
             self.step = step
             self.steps[step] = time.time()
             self.save()
@@ -86,10 +104,39 @@ class Journal:
             self.state = state
             self.save()
 
-    def file_done(self, direction: str, lfn: str, **info: Any) -> None:
+    def file_done(self, direction: str, lfn: str, durable: bool = True, **info: Any) -> None:
+        """Record a transferred file: one appended event (fsynced when `durable`), nothing rewritten."""
+        key = f"{direction}:{lfn}"
+        entry = {"status": "done", **info}
+        line = (json.dumps({"key": key, **entry}, sort_keys=True) + "\n").encode()
         with self._lock:
-            self.files[f"{direction}:{lfn}"] = {"status": "done", **info}
-            self.save()
+            self.files[key] = entry
+            try:
+                fd = os.open(self.events_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             0o644)
+                try:
+                    os.write(fd, line)
+                    if durable:
+                        os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                log.error("journal file event %s not saved: %s", key, exc)
+
+    def sync(self) -> None:
+        """Make every file event durable (before a step that counts on them)."""
+        with self._lock:
+            try:
+                fd = os.open(self.events_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return
+            except OSError as exc:
+                log.error("journal file events %s not synced: %s", self.events_path, exc)
+                return
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def file_info(self, direction: str, lfn: str) -> Optional[dict[str, Any]]:
         with self._lock:
@@ -104,3 +151,33 @@ class Journal:
 
     def has_reached(self, step: str) -> bool:
         return STEPS.index(self.step) >= STEPS.index(step)
+
+
+def read_events(path: Path) -> dict[str, dict[str, Any]]:
+    """The file events folded into {key: entry}; later events win; a line that is not a whole JSON
+    object (a crash mid-append) is skipped. Never follows a link, never reads more than the cap."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        log.error("journal file events %s unreadable: %s", path, exc)
+        return {}
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            log.error("journal file events %s is not a regular file: ignored", path)
+            return {}
+        data = handle.read(MAX_EVENTS_BYTES + 1)
+    if len(data) > MAX_EVENTS_BYTES:
+        log.error("journal file events %s larger than %d bytes: ignored", path, MAX_EVENTS_BYTES)
+        return {}
+    files: dict[str, dict[str, Any]] = {}
+    for raw in data.split(b"\n")[:-1]:  # the last piece is empty or a torn line
+        try:
+            event = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and isinstance(event.get("key"), str):
+            key = event.pop("key")
+            files[key] = event
+    return files

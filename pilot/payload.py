@@ -26,7 +26,7 @@ import psutil
 from pilot.config import QueueConfig
 from pilot.errors import ErrorCode, PilotError
 from pilot.job import Job, check_name
-from pilot.layout import JOB_REPORT, STDERR, STDOUT, TMP
+from pilot.layout import INPUT_MANIFEST, JOB_REPORT, STDERR, STDOUT, TMP
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ def payload_env(job: Job, workdir: Path, base: dict[str, str]) -> dict[str, str]
         "ATHENA_CORE_NUMBER": cores,
         "TMPDIR": str(tmp),
         "PILOT_JOB_REPORT": str(workdir / JOB_REPORT),
+        "PILOT_INPUT_MANIFEST": str(workdir / INPUT_MANIFEST),  # written by stage-in (pilot/staging.py)
     })
     return env
 
