@@ -40,6 +40,15 @@ class QueueConfig:
     link_inputs: bool = False  # the local mover hard-links inputs instead of copying (a read-only SE)
     transfer_threads: int = 4  # files moved at once
     prepare_timeout: float = 3600.0  # s to wait for a prepare phase (tape recall, stager) to bring inputs online
+    # the node's file cache (pilot/pcache.py); off when `pcache` (its directory) is unset
+    pcache: str = ""
+    pcache_limit: str = "80%"  # bytes (e.g. 20G) or a percentage of the cache's disk
+    pcache_hysteresis: float = 0.75  # when full, evict down to this fraction of the limit
+    pcache_accept: str = ""  # comma-separated glob patterns of cacheable source URLs (empty: all)
+    pcache_reject: str = ""  # patterns never cached, e.g. *.lib.tgz
+    pcache_link: str = "auto"  # auto | hardlink | copy: how a cached file reaches the work dir
+    pcache_wait: float = 600.0  # s to wait for another pilot filling the same file
+    pcache_report_max: int = 1000  # cached files named in a job request; above, a digest is sent
     # the payload
     setup: str = ""  # a shell snippet sourced before the payload (release setup)
     corecount: int = 0  # cores per job if the job does not say
@@ -190,6 +199,7 @@ class PilotConfig:
     origin: Optional[str] = None
     request_timeout: float = 60.0
     retry_budget: float = 600.0
+    pcache_report_field: str = ""  # the job request field carrying the cached files to a PanDA server ("": none)
 
     @property
     def is_remote(self) -> bool:

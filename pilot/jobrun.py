@@ -39,6 +39,7 @@ from pilot.layout import STDERR
 from pilot.monitor import Limits, Monitor, watch
 from pilot.node import NodeInfo
 from pilot.payload import Payload, build_command, payload_env, process_identity
+from pilot.pcache import Pcache
 from pilot.report import (
     FinalReport,
     JobFacts,
@@ -66,6 +67,7 @@ class PilotContext:
     registry: Registry
     control: Control
     deadline: Optional[float] = None  # wall-clock time at which the pilot must be gone
+    pcache: Optional[Pcache] = None  # the node's file cache, when the queue has one
 
     @property
     def identity(self) -> dict[str, Any]:
