@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from pilot.config import PilotConfig, QueueConfig
-from pilot.control import Control
+from pilot.control import Control, signal_error
 from pilot.dispatcher.base import Dispatcher, DispatcherError, FailureKind
 from pilot.errors import ErrorCode, PilotError
 from pilot.heartbeat import Heartbeat, Reporter
@@ -54,6 +54,11 @@ from sitemovers.checksum import Checksum
 from sitemovers.registry import Registry
 
 log = logging.getLogger(__name__)
+
+# A batch system ending a job (scancel, condor_rm) signals all of its processes at once: a payload that died
+# of a signal the pilot did not send is given this long for the pilot's own signal to arrive, so that the
+# job is reported with the signal's code (1201 ...) rather than as a failed payload.
+SIGNAL_SETTLE = 2.0
 
 
 @dataclass
@@ -249,6 +254,8 @@ class JobRun:
         self.exit_code = 128 - code if code is not None and code < 0 else code
         log.info("payload ended with exit code %s after %.1f s", self.exit_code,
                  self.payload.ended - self.payload.started)
+        if reason is None and code is not None and code < 0 and control.stopping.wait(SIGNAL_SETTLE):
+            reason = signal_error(control.signum or -code)
         if reason is not None:
             self._fail(reason)
         elif self.exit_code != 0:
