@@ -139,7 +139,7 @@ def run_pilot(config: PilotConfig) -> int:
     from pilot.jobrun import PilotContext
     from pilot.loop import Pilot
     from pilot.node import NodeInfo
-    from pilot.payload import become_subreaper
+    from pilot.proctrack import become_subreaper
     from sitemovers.registry import Registry
 
     started = time.time()

@@ -52,6 +52,15 @@ class QueueConfig:
     # the payload
     setup: str = ""  # a shell snippet sourced before the payload (release setup)
     corecount: int = 0  # cores per job if the job does not say
+    # who the payload runs as (pilot.identity)
+    identity: str = "none"  # none | uid | glexec
+    sandbox: str = ""  # bubblewrap: hide the pilot's files from the payload
+    grid_mapfile: str = ""  # uid: DN (or pattern) -> account or .pool
+    uid_command: str = ""  # uid: the switching command ({user} is the account); default setpriv as root
+    glexec_path: str = ""  # glexec: the binary, else $GLEXEC_LOCATION/sbin/glexec, ...
+    user_proxy_command: str = ""  # prints the user's proxy when the job brought none
+    get_proxy_key: bool = False  # uid: ask for the user's proxy with each job too (glexec always does)
+    payload_credentials: str = ""  # pilot env variables production payloads get (X509_USER_PROXY, ...)
     # multi-job loop and time
     timefloor: int = 0  # minutes: start no new job after this; 0: no time floor
     maxtime: int = 0  # s the pilot may live; 0: the command line decides

@@ -33,13 +33,15 @@ from pilot.control import Control, signal_error
 from pilot.dispatcher.base import Dispatcher, DispatcherError, FailureKind
 from pilot.errors import ErrorCode, PilotError
 from pilot.heartbeat import Heartbeat, Reporter
+from pilot.identity import Launcher, make_launcher
 from pilot.job import Job, parse_job
 from pilot.journal import Journal, current_owner
-from pilot.layout import STDERR
+from pilot.layout import JobDir
 from pilot.monitor import Limits, Monitor, watch
 from pilot.node import NodeInfo
 from pilot.payload import Payload, build_command, payload_env, process_identity
 from pilot.pcache import Pcache
+from pilot.proctrack import CgroupTracker, new_tracker
 from pilot.report import (
     FinalReport,
     JobFacts,
@@ -73,6 +75,7 @@ class PilotContext:
     control: Control
     deadline: Optional[float] = None  # wall-clock time at which the pilot must be gone
     pcache: Optional[Pcache] = None  # the node's file cache, when the queue has one
+    launcher: Optional[Launcher] = None  # who the payload runs as; default: the queue's `identity`
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -120,9 +123,11 @@ class JobRun:
         self.job = job
         self.ctx = ctx
         self.workdir = workdir
+        self.dirs = JobDir(workdir)
         self.timing: dict[str, float] = {"getjob": getjob_seconds}
         self.started = time.time()
         self.payload: Optional[Payload] = None
+        self.launcher: Optional[Launcher] = None
         self.monitor: Optional[Monitor] = None
         self.error: Optional[PilotError] = None
         self.exit_code: Optional[int] = None
@@ -136,6 +141,7 @@ class JobRun:
         """A new job: a new work dir and journal, then every step."""
         try:
             self.workdir.mkdir(parents=True, exist_ok=False)
+            self.dirs.payload.mkdir()
         except OSError as exc:
             code = ErrorCode.NO_LOCAL_SPACE if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ErrorCode.MKDIR
             error = PilotError(code, f"cannot create the work dir {self.workdir}: {exc.strerror}")
@@ -143,7 +149,8 @@ class JobRun:
         with job_log(self.workdir):
             log.info("job %d (attempt %d) in %s", self.job.panda_id, self.job.attempt_nr, self.workdir)
             self.journal = Journal.create(self.workdir, self.job.panda_id, self.job.attempt_nr,
-                                          self.ctx.queue.name, self.ctx.node.host, self.job.raw, self.ctx.owner())
+                                          self.ctx.queue.name, self.ctx.node.host, _without_secrets(self.job.raw),
+                                          self.ctx.owner())
             return self._walk()
 
     @classmethod
@@ -230,22 +237,33 @@ class JobRun:
 
     # --- steps ------------------------------------------------------------------------------------
     def _stage_in(self) -> None:
-        self.stager.stage_in(self.job, self.workdir, self.journal)
+        self.stager.stage_in(self.job, self.dirs.payload, self.journal)
 
     def _run_payload(self) -> None:
-        control = self.ctx.control
+        control, queue, dirs = self.ctx.control, self.ctx.queue, self.dirs
         begin = time.monotonic()
-        argv = build_command(self.job, self.workdir, self.ctx.queue)
-        self.payload = Payload(argv, self.workdir, payload_env(self.job, self.workdir, dict(os.environ)))
-        limits = Limits.for_job(self.job, self.ctx.queue, self.ctx.deadline)
-        self.monitor = Monitor(self.payload, self.workdir, limits, self.ctx.queue)
+        argv = build_command(self.job, dirs.payload, queue)
+        credentials = tuple(name.strip() for name in queue.payload_credentials.split(",") if name.strip())
+        env = payload_env(self.job, dirs.payload, dict(os.environ), credentials)
+        try:
+            self.launcher = self.ctx.launcher or make_launcher(queue, self.ctx.config.workdir)
+        except ValueError as exc:
+            raise PilotError(ErrorCode.SETUP_FAILURE, str(exc)) from None
+        launch = self.launcher.prepare(self.job, dirs, argv, env)  # the job fails here, before any payload
+        tracker = new_tracker(f"{self.job.panda_id}-{self.job.attempt_nr}")
+        where = {"cgroup": str(tracker.path)} if isinstance(tracker, CgroupTracker) else {}
+        self.journal.payload_started(**where)  # on disk before the payload exists: a later pilot can end it
+        self.payload = Payload(launch.argv, dirs.payload, launch.env, tracker)
+        limits = Limits.for_job(self.job, queue, self.ctx.deadline)
+        self.monitor = Monitor(self.payload, dirs.payload, limits, queue)
         self.timing["setup"] = time.monotonic() - begin
         if control.job_kill is not None:
+            tracker.close()
             raise control.job_kill
         try:
             self.payload.start(control.wake)
             assert self.payload.proc is not None
-            self.journal.payload_started(**process_identity(self.payload.proc.pid))
+            self.journal.payload_started(**process_identity(self.payload.proc.pid), **where)
             self.reporter.try_send("running")
             reason = watch(self.payload, self.monitor, control)
         finally:
@@ -256,25 +274,29 @@ class JobRun:
                  self.payload.ended - self.payload.started)
         if reason is None and code is not None and code < 0 and control.stopping.wait(SIGNAL_SETTLE):
             reason = signal_error(control.signum or -code)
+        launcher_error = self.launcher.exit_error(self.exit_code)
         if reason is not None:
             self._fail(reason)
+        elif launcher_error is not None:
+            self._fail(launcher_error)
         elif self.exit_code != 0:
-            detail = last_line(self.workdir / STDERR)
+            detail = last_line(dirs.stderr)
             self._fail(PilotError(ErrorCode.PAYLOAD_FAILED,
                                   f"payload exited with code {self.exit_code}" + (f": {detail}" if detail else "")))
 
     def _stage_out_outputs(self) -> None:
-        files = [(spec, self.workdir / spec.lfn) for spec in self.job.outputs]
+        files = [(spec, self.dirs.payload / spec.lfn) for spec in self.job.outputs]
         self.stager.stage_out(self.job, files, self.journal)
 
     def _kill_payload(self) -> None:
-        """Whatever happened, nothing of the payload outlives its job."""
-        if self.payload is None or self.payload.proc is None:
-            return
-        if not self.payload.exited.is_set():
-            self.payload.kill(self.ctx.queue.kill_grace)
-        elif self.payload.returncode is None:
-            self.payload.reap()
+        """Whatever happened, nothing of the payload outlives its job, nor any copy of the user's proxy."""
+        if self.payload is not None and self.payload.proc is not None:
+            if not self.payload.exited.is_set():
+                self.payload.kill(self.ctx.queue.kill_grace)
+            elif self.payload.returncode is None:
+                self.payload.reap()
+        if self.launcher is not None:
+            self.launcher.cleanup(self.dirs)
 
     def _ship_log(self) -> None:
         """The log tarball goes out whatever happened, even after a kill (with a fresh cancel flag)."""
@@ -282,7 +304,7 @@ class JobRun:
             return  # shipped before (a resumed job)
         stager = Stager(self.ctx.queue, self.ctx.registry, threading.Event())
         try:
-            tarball = make_log_tarball(self.workdir, self.job.log.lfn)
+            tarball = make_log_tarball(self.dirs, self.job.log.lfn)
             stager.stage_out(self.job, [(self.job.log, tarball)], self.journal)
         except PilotError as exc:
             log.error("log of job %d not shipped: %s", self.job.panda_id, exc.diag)
@@ -348,6 +370,11 @@ STEPS: tuple[Step, ...] = (
     Step("log", JobRun._ship_log, "staged_out", "transferring", "enter", always=True),
     Step("report", JobRun._final_report, "reported", None, "final", always=True),
 )
+
+
+def _without_secrets(raw: dict[str, str]) -> dict[str, str]:
+    """The job definition as the journal keeps it: the user's proxy stays out of it."""
+    return {k: v for k, v in raw.items() if k != "userProxy"}
 
 
 def report_unrun(ctx: PilotContext, panda_id: int, attempt_nr: int, raw: dict[str, Any], error: PilotError,
