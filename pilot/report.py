@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import tarfile
 import time
 from collections.abc import Iterator
@@ -19,9 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from pilot.diskspace import QuietFileHandler
 from pilot.dispatcher.base import Dispatcher, DispatcherError, FailureKind, JobUpdate
 from pilot.errors import ErrorCode, PilotError, one_line
-from pilot.fsutil import UntrustedFile, loads_json, read_capped
+from pilot.fsutil import UntrustedFile, loads_json, open_untrusted, read_capped, tail_untrusted
 from pilot.layout import JOB_REPORT, JOURNAL, PILOT_LOG, STDERR, STDOUT
 from pilot.staging import Transferred, output_report
 
@@ -41,7 +43,7 @@ def job_log(workdir: Path) -> Iterator[Path]:
     """Everything the pilot logs while this job runs also goes to the job's own log file."""
     path = workdir / PILOT_LOG
     try:
-        handler: Optional[logging.Handler] = logging.FileHandler(path, encoding="utf-8")
+        handler: Optional[logging.Handler] = QuietFileHandler(path)  # a full disk cannot break it
     except OSError as exc:
         log.error("no job log file %s: %s", path, exc)
         handler = None
@@ -58,15 +60,9 @@ def job_log(workdir: Path) -> Iterator[Path]:
 
 
 def tail(path: Path, limit: int) -> str:
-    """The last `limit` characters of a text file ('' when absent)."""
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, 2)
-            size = handle.tell()
-            handle.seek(max(0, size - limit))
-            return handle.read().decode("utf-8", "replace")[-limit:]
-    except OSError:
-        return ""
+    """The last `limit` characters of a text file ('' when absent, a link or not a regular file: the
+    payload's files are the payload's, never followed nor blocked on)."""
+    return tail_untrusted(path, limit)
 
 
 def last_line(path: Path) -> str:
@@ -93,20 +89,41 @@ def read_job_report(workdir: Path) -> Optional[dict[str, Any]]:
     return data
 
 
-def make_log_tarball(workdir: Path, name: str) -> Path:
-    """The job's logs as `name` (a .tgz) in the work dir, under a directory named after it."""
+def make_log_tarball(workdir: Path, name: str, level: int = 1, stdout_max: int = 0) -> Path:
+    """The job's logs as `name` (a .tgz) in the work dir, under a directory named after it, packed at gzip
+    `level`. Of the payload's stdout and stderr only the last `stdout_max` bytes are kept (0: all). The
+    payload's files are read as untrusted: a link or a special file in their place is left out."""
     target = workdir / name
     inner = name[: -len(".tgz")] if name.endswith(".tgz") else name
     inner = inner[: -len(".tar")] if inner.endswith(".tar") else inner
     try:
-        with tarfile.open(target, "w:gz") as tar:
+        with tarfile.open(target, "w:gz", compresslevel=level) as tar:
             for member in (PILOT_LOG, STDOUT, STDERR, JOB_REPORT, JOURNAL):
-                path = workdir / member
-                if path.is_file():
-                    tar.add(path, arcname=f"{inner}/{member}")
+                keep = stdout_max if member in (STDOUT, STDERR) else 0
+                _add_untrusted(tar, workdir / member, f"{inner}/{member}", keep)
     except (OSError, tarfile.TarError) as exc:
         raise PilotError(ErrorCode.LOGFILE_CREATION, f"cannot create log tarball {name}: {exc}") from None
     return target
+
+
+def _add_untrusted(tar: tarfile.TarFile, path: Path, arcname: str, keep: int) -> None:
+    """Add a regular file (its last `keep` bytes when keep > 0 and it is larger); skip anything else."""
+    try:
+        fd = open_untrusted(path)
+    except UntrustedFile as exc:
+        log.warning("%s left out of the log tarball: it %s", path.name, exc.strerror)
+        return
+    except FileNotFoundError:
+        return
+    with os.fdopen(fd, "rb") as handle:
+        stats = os.fstat(fd)
+        info = tarfile.TarInfo(arcname)
+        info.size, info.mtime, info.mode = stats.st_size, int(stats.st_mtime), 0o644
+        if keep and stats.st_size > keep:
+            handle.seek(stats.st_size - keep)
+            info.size = keep
+            log.info("log tarball keeps the last %d of %d bytes of %s", keep, stats.st_size, path.name)
+        tar.addfile(info, handle)
 
 
 def pilot_timing(timing: dict[str, float]) -> str:
@@ -176,6 +193,8 @@ class JobFacts:
     max_rss_kb: int = 0
     max_pss_kb: int = 0
     max_vmem_kb: int = 0
+    journal_unsaved: int = 0  # saves of the journal that failed (a full disk): said in the report
+    journal_error: str = ""
 
 
 def final_report(facts: JobFacts) -> FinalReport:
@@ -200,7 +219,7 @@ def _all_fields(facts: JobFacts) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "trans_exit_code": facts.exit_code if facts.exit_code is not None else (0 if not failed else None),
         "pilot_error_code": int(error.code) if error is not None else 0,
-        "pilot_error_diag": error.diag if error is not None else None,
+        "pilot_error_diag": _diag(facts) if error is not None else None,
         "core_count": job.core_count,
         "n_input_files": len(job.inputs),
         "start_time": utc(facts.started),
@@ -224,8 +243,16 @@ def _all_fields(facts: JobFacts) -> dict[str, Any]:
         if _is_int32(events) and events >= 0:
             fields["n_events"] = events
     fields["job_metrics"] = job_metrics(coreCount=job.core_count, nInputFiles=len(job.inputs),
-                                        bytesIn=facts.bytes_in, bytesOut=facts.bytes_out)
+                                        bytesIn=facts.bytes_in, bytesOut=facts.bytes_out,
+                                        journalUnsaved=facts.journal_unsaved or None)
     return {k: v for k, v in fields.items() if v is not None}
+
+
+def _diag(facts: JobFacts) -> str:
+    assert facts.error is not None
+    if not facts.journal_unsaved:
+        return facts.error.diag
+    return one_line(f"{facts.error.diag} (journal not saved {facts.journal_unsaved}x: {facts.journal_error})")
 
 
 def _essential_fields(facts: JobFacts) -> dict[str, Any]:
