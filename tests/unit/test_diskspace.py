@@ -22,7 +22,7 @@ from pilot.diskspace import (
     take_reserve,
 )
 from pilot.errors import ErrorCode, PilotError
-from pilot.layout import PILOT_LOG, STDERR, STDOUT
+from pilot.layout import PILOT_LOG, STDOUT, JobDir
 from pilot.report import job_log, make_log_tarball
 
 NO_SPACE = os.strerror(28)
@@ -83,10 +83,12 @@ def test_space_shortage_names_what_a_job_needs(tmp_path: Path) -> None:
     assert reason is not None and f"a job needs {2**40} MB" in reason
 
 
-def logs(tmp_path: Path) -> Path:
-    (tmp_path / PILOT_LOG).write_text("pilot says\n")
-    (tmp_path / STDOUT).write_bytes(b"".join(b"line %06d of the payload's output\n" % i for i in range(20000)))
-    return tmp_path
+def logs(tmp_path: Path) -> JobDir:
+    dirs = JobDir(tmp_path)
+    dirs.payload.mkdir()
+    dirs.pilot_log.write_text("pilot says\n")
+    dirs.stdout.write_bytes(b"".join(b"line %06d of the payload's output\n" % i for i in range(20000)))
+    return dirs
 
 
 def members(tarball: Path) -> dict[str, bytes]:
@@ -95,13 +97,13 @@ def members(tarball: Path) -> dict[str, bytes]:
 
 
 def test_the_tarball_keeps_the_end_of_a_large_stdout(tmp_path: Path) -> None:
-    workdir = logs(tmp_path)
-    kept = members(make_log_tarball(workdir, "x.log.tgz", level=1, stdout_max=1000))
+    dirs = logs(tmp_path)
+    kept = members(make_log_tarball(dirs, "x.log.tgz", level=1, stdout_max=1000))
     assert len(kept[f"x.log/{STDOUT}"]) == 1000
     assert kept[f"x.log/{STDOUT}"].endswith(b"line 019999 of the payload's output\n")
     assert kept[f"x.log/{PILOT_LOG}"] == b"pilot says\n"
-    whole = members(make_log_tarball(workdir, "y.log.tgz", level=1, stdout_max=0))
-    assert whole[f"y.log/{STDOUT}"] == (workdir / STDOUT).read_bytes()
+    whole = members(make_log_tarball(dirs, "y.log.tgz", level=1, stdout_max=0))
+    assert whole[f"y.log/{STDOUT}"] == dirs.stdout.read_bytes()
 
 
 @pytest.mark.parametrize("level, flag", [(1, 4), (9, 2)])  # gzip's XFL byte: 4 fastest, 2 best
@@ -113,10 +115,12 @@ def test_the_tarball_is_packed_at_the_queue_level(tmp_path: Path, level: int, fl
 
 
 def test_payload_links_and_fifos_are_left_out_of_the_tarball(tmp_path: Path) -> None:
-    (tmp_path / PILOT_LOG).write_text("pilot says\n")
-    (tmp_path / STDOUT).symlink_to("/etc/passwd")
-    os.mkfifo(tmp_path / STDERR)
-    kept = members(make_log_tarball(tmp_path, "x.log.tgz"))
+    dirs = JobDir(tmp_path)
+    dirs.payload.mkdir()
+    dirs.pilot_log.write_text("pilot says\n")
+    dirs.stdout.symlink_to("/etc/passwd")
+    os.mkfifo(dirs.stderr)
+    kept = members(make_log_tarball(dirs, "x.log.tgz"))
     assert list(kept) == [f"x.log/{PILOT_LOG}"]
 
 
