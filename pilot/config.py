@@ -70,6 +70,8 @@ class QueueConfig:
     maxwdir: int = 0  # MB the work dir may grow to, when the job gives no maxDiskCount
     min_free_disk: int = 200  # MB that must stay free under the work dir
     max_stdout: int = 2048  # MB of payload stdout
+    log_gzip_level: int = 1  # gzip level of the log tarball: 1 packs a 500 MB stdout several times faster than 9
+    log_stdout_max: int = 100  # MB of the payload's stdout (and stderr) kept in the log tarball, their ends; 0: all
     looping_limit_production: int = 12 * 3600  # s without a file change in the work dir
     looping_limit_analysis: int = 3 * 3600
     looping_limit_min: int = 2 * 3600
@@ -82,6 +84,8 @@ class QueueConfig:
     stdout_check_interval: float = 60.0
     heartbeat: float = 1800.0
     debug_heartbeat: float = 60.0  # after the server's "debug" command
+    # job recovery: where else to look for jobs dead pilots left (besides the pilot's work directory)
+    recovery_dir: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -97,6 +101,8 @@ class QueueConfig:
             values[key] = _coerce(key, raw, type(getattr(cls(), key)))
             if key in POSITIVE and values[key] <= 0:
                 raise ValueError(f"queue setting {key}={raw!r} must be greater than 0")
+            if key == "log_gzip_level" and not 0 <= values[key] <= 9:
+                raise ValueError(f"queue setting {key}={raw!r} is not a gzip level (0-9)")
         if extra:
             log.warning("queue %s: settings not used by this pilot: %s", name, ", ".join(sorted(extra)))
         return cls(extra=extra, **values)
@@ -192,6 +198,8 @@ class PilotConfig:
     stop_file: Optional[Path] = None
     heartbeat: Optional[float] = None  # overrides the queue's
     keep_workdirs: bool = False
+    recovery: bool = True  # recover jobs dead pilots left before taking new ones
+    lost_heartbeat: float = 0.0  # embedded dispatcher: s without an update before a claimed job is lost
     pilot_id: str = ""  # as sent: `<id>|<version tag>|<version>`
     version_tag: str = "PR"  # PR, RC, RCM, ALRB, PT (pilot/versiontag.py)
     batch_id: Optional[str] = None  # the batch system's job id (Slurm, HTCondor, ...)

@@ -30,6 +30,7 @@ from typing import Any, Optional
 
 from pilot.config import PilotConfig, QueueConfig
 from pilot.control import Control, signal_error
+from pilot.diskspace import give_back_reserve, local_space_error
 from pilot.dispatcher.base import Dispatcher, DispatcherError, FailureKind
 from pilot.errors import ErrorCode, PilotError
 from pilot.heartbeat import Heartbeat, Reporter
@@ -50,6 +51,7 @@ from pilot.report import (
     last_line,
     make_log_tarball,
     send_final,
+    tail,
 )
 from pilot.staging import Stager, Transferred
 from sitemovers.checksum import Checksum
@@ -116,6 +118,7 @@ class Step:
     announce: str  # "send" an update before it, "enter" it for the next heartbeat, "started": the step
     #                sends it once its work has started, "final": the heartbeat stops before it
     always: bool = False  # runs even after the job failed
+    lost_code: Optional[ErrorCode] = None  # what its failure means in a recovered (lost) job
 
 
 class JobRun:
@@ -133,6 +136,7 @@ class JobRun:
         self.exit_code: Optional[int] = None
         self.report: Optional[FinalReport] = None
         self.reported = False
+        self.recovering = False
         self.stager = Stager(ctx.queue, ctx.registry, ctx.control.cancel)
         self.journal: Journal
 
@@ -154,16 +158,19 @@ class JobRun:
             return self._walk()
 
     @classmethod
-    def resume(cls, journal: Journal, ctx: PilotContext, error: Optional[PilotError] = None) -> JobResult:
+    def resume(cls, journal: Journal, ctx: PilotContext, error: Optional[PilotError] = None,
+               recovering: bool = False) -> JobResult:
         """Re-enter the job of `journal` (its work dir is the journal's) at the step it reached. `error`
-        fails the job from here on (e.g. its payload never ended). Raises JobDefinitionError when the
-        journal's job definition is not a valid one."""
+        fails the job from here on (e.g. its payload never ended). When `recovering` a job its pilot
+        lost, a step that fails now fails the job with that step's lost-job code (1154, 1155). Raises
+        JobDefinitionError when the journal's job definition is not a valid one."""
         run = cls(parse_job(journal.job), ctx, journal.path.parent)
         run.journal = journal
+        run.recovering = recovering
         run.started = journal.steps.get("created", run.started)
         run.exit_code = journal.outcome.get("payload_done", {}).get("exit_code")
         if journal.error is not None:
-            run.error = PilotError(journal.error.get("code", ErrorCode.UNKNOWN), str(journal.error.get("diag", "")))
+            run.error = _error_of(journal.error.get("code"), journal.error.get("diag"))
         if error is not None:
             run._fail(error)
         with job_log(run.workdir):
@@ -209,14 +216,14 @@ class JobRun:
         except DispatcherError as exc:
             if exc.kind is FailureKind.AUTH:
                 raise
-            self._fail(exc)
+            self._fail(self._lost(step, exc))
             return
         except PilotError as exc:
-            self._fail(control.job_kill if control.job_kill is not None and not step.always else exc)
+            self._fail(control.job_kill if control.job_kill is not None and not step.always else self._lost(step, exc))
             return
         except Exception as exc:  # a pilot bug must still end in a report, not a lost job
             log.exception("unexpected error in job %d (%s)", self.job.panda_id, step.name)
-            self._fail(PilotError(ErrorCode.UNKNOWN_EXCEPTION, f"{type(exc).__name__}: {exc}"))
+            self._fail(self._lost(step, PilotError(ErrorCode.UNKNOWN_EXCEPTION, f"{type(exc).__name__}: {exc}")))
             return
         finally:
             self.timing[step.name] = self.timing.get(step.name, 0.0) + time.monotonic() - begin
@@ -229,8 +236,16 @@ class JobRun:
                 outcome["exit_code"] = self.exit_code
             self.journal.reach(step.mark, **outcome)
 
+    def _lost(self, step: Step, error: PilotError) -> PilotError:
+        if self.recovering and step.lost_code is not None:
+            return PilotError(step.lost_code, f"lost job, {step.name}: {error.code} {error.diag}")
+        return error
+
     def _fail(self, error: PilotError) -> None:
         if self.error is None:
+            error = local_space_error(error, self.workdir, tail(self.dirs.stderr, 4096)) or error
+            if error.code == ErrorCode.NO_LOCAL_SPACE:  # room for the journal, the log and the tarball
+                give_back_reserve(self.workdir.parent)
             self.error = error
             log.error("job %d failed: %d %s", self.job.panda_id, error.code, error.diag)
             self.journal.fail(int(error.code), error.diag)
@@ -304,11 +319,15 @@ class JobRun:
             return  # shipped before (a resumed job)
         stager = Stager(self.ctx.queue, self.ctx.registry, threading.Event())
         try:
-            tarball = make_log_tarball(self.dirs, self.job.log.lfn)
+            queue = self.ctx.queue
+            tarball = make_log_tarball(self.dirs, self.job.log.lfn, queue.log_gzip_level,
+                                       queue.log_stdout_max << 20)
             stager.stage_out(self.job, [(self.job.log, tarball)], self.journal)
         except PilotError as exc:
             log.error("log of job %d not shipped: %s", self.job.panda_id, exc.diag)
-            self._fail(exc if exc.code == ErrorCode.LOGFILE_CREATION else PilotError(exc.code, f"log: {exc.diag}"))
+            if exc.code == ErrorCode.LOGFILE_CREATION:
+                raise
+            raise PilotError(exc.code, f"log: {exc.diag}") from None
 
     def _final_report(self) -> bool:
         """Put the report together (or take the one a dead pilot already owed) and deliver it."""
@@ -317,7 +336,7 @@ class JobRun:
         else:
             self.report = final_report(self._facts())
             if self.error is None and self.report.state == "failed":  # the report itself could not be made
-                self.error = PilotError(self.report.error_code, str(self.report.fields.get("pilot_error_diag")))
+                self.error = _error_of(self.report.error_code, self.report.fields.get("pilot_error_diag"))
         self.reported = send_final(self.ctx.dispatcher, self.ctx.identity, self.report, self.journal)
         return self.reported
 
@@ -339,7 +358,8 @@ class JobRun:
     def _facts(self) -> JobFacts:
         facts = JobFacts(job=self.job, workdir=self.workdir, error=self.error, exit_code=self.exit_code,
                          files=self._stored(), timing=self.timing, started=self.started,
-                         bytes_in=self._bytes("in"), bytes_out=self._bytes("out"))
+                         bytes_in=self._bytes("in"), bytes_out=self._bytes("out"),
+                         journal_unsaved=self.journal.save_failures, journal_error=self.journal.save_error)
         payload, monitor = self.payload, self.monitor
         if payload is not None and payload.proc is not None:
             facts.cpu_seconds = payload.cpu_seconds
@@ -363,11 +383,22 @@ class JobRun:
         )
 
 
+def _error_of(code: Any, diag: Any) -> PilotError:
+    """A job error as a journal or report keeps it (a code the table lacks reads as a general error)."""
+    try:
+        return PilotError(ErrorCode(int(code)), str(diag or ""))
+    except (TypeError, ValueError):
+        return PilotError(ErrorCode.GENERAL, f"error {code!r}: {diag or ''}")
+
+
 STEPS: tuple[Step, ...] = (
-    Step("stagein", JobRun._stage_in, "staged_in", "starting", "send"),
-    Step("payload", JobRun._run_payload, "payload_done", "running", "started"),
-    Step("stageout", JobRun._stage_out_outputs, "outputs_done", "transferring", "enter"),
-    Step("log", JobRun._ship_log, "staged_out", "transferring", "enter", always=True),
+    Step("stagein", JobRun._stage_in, "staged_in", "starting", "send", lost_code=ErrorCode.LOST_JOB_NOT_FINISHED),
+    Step("payload", JobRun._run_payload, "payload_done", "running", "started",
+         lost_code=ErrorCode.LOST_JOB_NOT_FINISHED),
+    Step("stageout", JobRun._stage_out_outputs, "outputs_done", "transferring", "enter",
+         lost_code=ErrorCode.LOST_JOB_FILE_TRANSFER),
+    Step("log", JobRun._ship_log, "staged_out", "transferring", "enter", always=True,
+         lost_code=ErrorCode.LOST_JOB_LOG_REGISTRATION),
     Step("report", JobRun._final_report, "reported", None, "final", always=True),
 )
 
