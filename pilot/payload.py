@@ -24,9 +24,10 @@ from typing import Any, Callable, Optional
 import psutil
 
 from pilot.config import QueueConfig
+from pilot.diskspace import reserve_tail
 from pilot.errors import ErrorCode, PilotError
 from pilot.job import Job, check_name
-from pilot.layout import JOB_REPORT, STDERR, STDOUT, TMP
+from pilot.layout import INPUT_MANIFEST, JOB_REPORT, STDERR, STDOUT, TMP
 from pilot.proctrack import SubreaperTracker, Tracker
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ def payload_env(job: Job, workdir: Path, base: dict[str, str], credentials: tupl
         "ATHENA_CORE_NUMBER": cores,
         "TMPDIR": str(tmp),
         "PILOT_JOB_REPORT": str(workdir / JOB_REPORT),
+        "PILOT_INPUT_MANIFEST": str(workdir / INPUT_MANIFEST),  # written by stage-in (pilot/staging.py)
     })
     return env
 
@@ -154,6 +156,7 @@ class Payload:
         except BaseException:
             os.close(out_fd)
             raise
+        reserve_tail(err_fd)  # the payload's last words survive a full disk
         try:
             self.proc = subprocess.Popen(
                 self.argv, cwd=self.workdir, env=self.env, stdin=subprocess.DEVNULL,
