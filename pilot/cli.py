@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sqlite3
+import shutil
 import sys
 import threading
 import time
