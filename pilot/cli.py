@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sqlite3
 import shutil
+import sqlite3
 import sys
 import threading
 import time
