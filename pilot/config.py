@@ -34,10 +34,18 @@ class QueueConfig:
     stageout_retries: int = 2
     transfer_retry_wait: float = 10.0  # s between transfer attempts
     maxinputsize: int = 0  # MB of inputs a job may bring in; 0: no limit
+    maxinputsize_overrides: list = field(default_factory=list)  # [{taskID|processingType|dataset, maxinputsize}]
     allowdirectaccess: bool = False
     # the payload
     setup: str = ""  # a shell snippet sourced before the payload (release setup)
+    appdir: str = ""  # where releases live: one root or several, comma-separated (<root>/<platform>/<release>)
+    envsetup: str = ""  # the release setup script: relative to the release's directory, or absolute
     corecount: int = 0  # cores per job if the job does not say
+    # analysis transformations: downloaded only from these base URLs
+    trf_trusted_urls: list = field(default_factory=list)
+    trf_max_size: int = 50  # MB
+    trf_timeout: float = 60.0  # s per attempt
+    trf_retries: int = 3
     # multi-job loop and time
     timefloor: int = 0  # minutes: start no new job after this; 0: no time floor
     maxtime: int = 0  # s the pilot may live; 0: the command line decides
@@ -130,6 +138,14 @@ def _coerce(key: str, raw: Any, kind: type) -> Any:
             return int(number)
         if kind is float:
             return float(raw)
+        if kind is list:
+            if isinstance(raw, str):
+                return [item.strip() for item in raw.split(",") if item.strip()]
+            if isinstance(raw, list):
+                return raw
+            if raw is None:
+                return []
+            raise bad
         return "" if raw is None else str(raw)
     except (TypeError, ValueError, OverflowError):
         raise bad from None

@@ -32,12 +32,23 @@ from pilot.control import Control
 from pilot.dispatcher.base import Dispatcher, DispatcherError, FailureKind, JobUpdate
 from pilot.errors import ErrorCode, PilotError, one_line
 from pilot.heartbeat import Heartbeat, Reporter
+from pilot.inputpolicy import check_inputs
 from pilot.job import Job
 from pilot.journal import Journal
 from pilot.layout import PILOT_LOG, STDERR, STDOUT
 from pilot.monitor import Limits, Monitor, watch
 from pilot.node import NodeInfo
-from pilot.payload import Payload, build_command, payload_env
+from pilot.payload import Payload, build_command, cores_for, payload_env
+from pilot.release import (
+    Release,
+    find_release,
+    log_setup_output,
+    needs_wrapper,
+    release_env,
+    setup_failure,
+    wrap,
+    write_wrapper,
+)
 from pilot.report import (
     job_log,
     job_metrics,
@@ -49,6 +60,7 @@ from pilot.report import (
     utc,
 )
 from pilot.staging import Stager, Transferred, output_report
+from pilot.transform import Downloader, is_url
 from sitemovers.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -104,6 +116,9 @@ class JobRun:
         self.error: Optional[PilotError] = None
         self.exit_code: Optional[int] = None
         self.stager = Stager(ctx.queue, ctx.registry, ctx.control.cancel)
+        self.cores = cores_for(job, ctx.queue)
+        self.release: Optional[Release] = None
+        self.transformation: Optional[Path] = None  # an analysis job's downloaded script
 
     # --- the sequence ---------------------------------------------------------------------------------
     def run(self) -> JobResult:
@@ -123,6 +138,7 @@ class JobRun:
             try:
                 self.reporter.try_send("starting")
                 heartbeat.start()
+                self._step("setup", self._prepare)
                 self._step("stagein", self._stage_in)
                 self.reporter.try_send("running")
                 self._step("payload", self._run_payload)
@@ -171,6 +187,17 @@ class JobRun:
             log.error("job %d failed: %d %s", self.job.panda_id, error.code, error.diag)
 
     # --- steps ------------------------------------------------------------------------------------
+    def _prepare(self) -> None:
+        """Before anything is staged: the release is installed, the inputs fit the site's policy and
+        the disk, an analysis job's transformation comes from a trusted place."""
+        queue = self.ctx.queue
+        self.release = find_release(self.job, queue)
+        if self.release is not None:
+            log.info("release %s (%s) found in %s", self.release.name, self.release.platform, self.release.path)
+        check_inputs(self.job, queue, self.workdir, lambda lfn: self.journal.file_info("in", lfn) is not None)
+        if is_url(self.job.transformation):
+            self.transformation = Downloader.for_queue(queue).fetch(self.job.transformation, self.workdir)
+
     def _stage_in(self) -> None:
         self.stager.stage_in(self.job, self.workdir, self.journal)
         self.journal.reach("staged_in")
@@ -178,11 +205,16 @@ class JobRun:
     def _run_payload(self) -> None:
         control = self.ctx.control
         begin = time.monotonic()
-        argv = build_command(self.job, self.workdir, self.ctx.queue)
-        self.payload = Payload(argv, self.workdir, payload_env(self.job, self.workdir, dict(os.environ)))
-        limits = Limits.for_job(self.job, self.ctx.queue, self.ctx.deadline)
-        self.monitor = Monitor(self.payload, self.workdir, limits, self.ctx.queue)
-        self.timing["setup"] = time.monotonic() - begin
+        queue = self.ctx.queue
+        argv = build_command(self.job, self.workdir, self.transformation)
+        wrapped = needs_wrapper(self.release, queue)
+        if wrapped:
+            argv = wrap(argv, write_wrapper(self.workdir, self.job.panda_id, queue))
+        env = payload_env(self.job, self.workdir, dict(os.environ), self.cores, release_env(self.job, self.release))
+        self.payload = Payload(argv, self.workdir, env)
+        limits = Limits.for_job(self.job, queue, self.ctx.deadline, self.cores)
+        self.monitor = Monitor(self.payload, self.workdir, limits, queue)
+        self.timing["setup"] = self.timing.get("setup", 0.0) + time.monotonic() - begin
         if control.job_kill is not None:
             raise control.job_kill
         self.payload.start(control.wake)
@@ -193,8 +225,13 @@ class JobRun:
         self.journal.reach("payload_done")
         log.info("payload ended with exit code %s after %.1f s", self.exit_code,
                  self.payload.ended - self.payload.started)
+        if wrapped:
+            log_setup_output(self.workdir)
         if reason is not None:
             raise reason
+        failed_setup = setup_failure(self.workdir, self.exit_code) if wrapped and self.exit_code else None
+        if failed_setup is not None:
+            raise failed_setup
         if self.exit_code != 0:
             detail = last_line(self.workdir / STDERR)
             raise PilotError(ErrorCode.PAYLOAD_FAILED,
@@ -242,7 +279,7 @@ class JobRun:
             "trans_exit_code": self.exit_code if self.exit_code is not None else (0 if not failed else None),
             "pilot_error_code": int(self.error.code) if failed else 0,
             "pilot_error_diag": self.error.diag if failed else None,
-            "core_count": self.job.core_count,
+            "core_count": self.cores,
             "n_input_files": len(self.job.inputs),
             "start_time": utc(self.started),
             "end_time": utc(time.time()),
@@ -265,7 +302,7 @@ class JobRun:
                 fields["exe_error_diag"] = one_line(str(job_report.get("exitMsg", "")))
             if _is_int32(events) and events >= 0:
                 fields["n_events"] = events
-        fields["job_metrics"] = job_metrics(coreCount=self.job.core_count, nInputFiles=len(self.job.inputs),
+        fields["job_metrics"] = job_metrics(coreCount=self.cores, nInputFiles=len(self.job.inputs),
                                             bytesIn=self._bytes("in"), bytesOut=self._bytes("out"))
         return {k: v for k, v in fields.items() if v is not None}
 

@@ -40,12 +40,13 @@ class Limits:
     deadline: Optional[float]  # wall-clock time by which the payload must be stopped
 
     @classmethod
-    def for_job(cls, job: Job, queue: QueueConfig, pilot_deadline: Optional[float]) -> Limits:
+    def for_job(cls, job: Job, queue: QueueConfig, pilot_deadline: Optional[float], cores: int = 0) -> Limits:
+        """The memory limit is per core: (minRamCount, else the queue's maxrss) x cores x memory_grace."""
         if job.max_cpu_count > 0:
             looping = max(job.max_cpu_count, queue.looping_limit_min)
         else:
             looping = queue.looping_limit_analysis if job.is_analysis else queue.looping_limit_production
-        ram = job.min_ram_count or queue.maxrss * job.core_count
+        ram = (job.min_ram_count or queue.maxrss) * (cores or job.core_count)
         deadline = pilot_deadline - queue.time_margin if pilot_deadline else None
         return cls(
             looping=looping,

@@ -25,7 +25,7 @@ import psutil
 
 from pilot.config import QueueConfig
 from pilot.errors import ErrorCode, PilotError
-from pilot.job import Job, check_name
+from pilot.job import Job, value
 from pilot.layout import JOB_REPORT, STDERR, STDOUT, TMP
 
 log = logging.getLogger(__name__)
@@ -48,60 +48,48 @@ def become_subreaper() -> bool:
         return False
 
 
-def payload_env(job: Job, workdir: Path, base: dict[str, str]) -> dict[str, str]:
+CORE_VARIABLES = ("ATHENA_PROC_NUMBER", "ATHENA_CORE_NUMBER", "OMP_NUM_THREADS", "PANDA_CORE_COUNT")
+
+
+def cores_for(job: Job, queue: QueueConfig) -> int:
+    """The job's cores: its coreCount, else the queue's corecount, else 1."""
+    if value(job.raw, "coreCount"):
+        return job.core_count
+    return queue.corecount if queue.corecount > 0 else job.core_count
+
+
+def payload_env(job: Job, workdir: Path, base: dict[str, str], cores: int = 0,
+                extra: Optional[dict[str, str]] = None) -> dict[str, str]:
     keep = PASS_ENV if job.is_analysis else PASS_ENV + PILOT_CREDENTIALS
     env = {k: v for k, v in base.items() if k in keep or k.startswith("LC_")}
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
     tmp = workdir / TMP
     tmp.mkdir(exist_ok=True)
-    cores = str(job.core_count)
     env.update({
         "PandaID": str(job.panda_id),
         "PanDA_TaskID": str(job.task_id),
         "PanDA_AttemptNr": str(job.attempt_nr),
         "PANDA_RESOURCE_TYPE": job.resource_type,
-        "ATHENA_PROC_NUMBER": cores,
-        "ATHENA_CORE_NUMBER": cores,
         "TMPDIR": str(tmp),
         "PILOT_JOB_REPORT": str(workdir / JOB_REPORT),
     })
+    env.update(dict.fromkeys(CORE_VARIABLES, str(cores or job.core_count)))
+    env.update(extra or {})
     return env
 
 
-def download_transformation(url: str, workdir: Path, timeout: float = 300.0) -> Path:
-    """An analysis job's script, fetched into the work dir and made executable."""
-    import requests  # only analysis jobs need it
-
-    name = check_name(url.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0], "transformation name")
-    target = workdir / name
-    try:
-        with requests.get(url, timeout=timeout, stream=True) as reply:
-            reply.raise_for_status()
-            with open(target, "wb") as handle:
-                for chunk in reply.iter_content(1 << 16):
-                    handle.write(chunk)
-    except (requests.RequestException, OSError) as exc:
-        raise PilotError(ErrorCode.TRF_DOWNLOAD_FAILED, f"{url}: {exc}") from None
-    target.chmod(0o755)
-    return target
-
-
-def build_command(job: Job, workdir: Path, queue: QueueConfig) -> list[str]:
-    """argv for the payload: transformation + jobPars, no shell (except the queue's own setup snippet)."""
+def build_command(job: Job, workdir: Path, transformation: Optional[Path] = None) -> list[str]:
+    """argv for the payload: transformation (or the downloaded script) + jobPars, never a shell."""
     try:
         args = shlex.split(job.job_pars)
     except ValueError as exc:
         raise PilotError(ErrorCode.CONVERSION_FAILURE, f"jobPars cannot be split: {exc}") from None
     trf = job.transformation
-    if trf.startswith(("http://", "https://")):
-        trf = str(download_transformation(trf, workdir))
+    if transformation is not None:
+        trf = f"./{transformation.name}" if transformation.parent == workdir else str(transformation)
     elif "/" not in trf and (workdir / trf).is_file():
         trf = f"./{trf}"  # a script that came in with the inputs
-    argv = [trf, *args]
-    if queue.setup:
-        # The site's setup is itself a shell snippet; the payload's words stay positional parameters.
-        argv = ["/bin/bash", "-c", f'{queue.setup}\nexec "$@"', "payload", *argv]
-    return argv
+    return [trf, *args]
 
 
 @dataclass

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from pilot.errors import ErrorCode, PilotError, one_line
-from pilot.layout import JOB_REPORT, JOURNAL, PILOT_LOG, STDERR, STDOUT
+from pilot.layout import JOB_REPORT, JOURNAL, PILOT_LOG, SETUP_LOG, STDERR, STDOUT
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def make_log_tarball(workdir: Path, name: str) -> Path:
     inner = inner[: -len(".tar")] if inner.endswith(".tar") else inner
     try:
         with tarfile.open(target, "w:gz") as tar:
-            for member in (PILOT_LOG, STDOUT, STDERR, JOB_REPORT, JOURNAL):
+            for member in (PILOT_LOG, SETUP_LOG, STDOUT, STDERR, JOB_REPORT, JOURNAL):
                 path = workdir / member
                 if path.is_file():
                     tar.add(path, arcname=f"{inner}/{member}")

@@ -20,7 +20,6 @@ from pilot.config import QueueConfig
 from pilot.errors import ErrorCode, PilotError
 from pilot.job import FileSpec, Job
 from pilot.journal import Journal
-from pilot.node import free_mb
 from sitemovers.base import Expected, Failure, MoverSettings, SiteMover, TransferError
 from sitemovers.checksum import Checksum
 from sitemovers.registry import Registry, UnknownMover
@@ -108,12 +107,6 @@ class Stager:
 
     def stage_in(self, job: Job, workdir: Path, journal: Journal) -> list[Transferred]:
         todo = [spec for spec in job.inputs if not journal.file_info("in", spec.lfn)]
-        needed = sum(spec.fsize or 0 for spec in todo) // 2**20
-        if todo and needed >= free_mb(workdir):
-            raise PilotError(ErrorCode.NO_LOCAL_SPACE, f"inputs need {needed} MB, {free_mb(workdir)} MB free")
-        if self.queue.maxinputsize and needed > self.queue.maxinputsize:
-            raise PilotError(ErrorCode.NO_LOCAL_SPACE,
-                             f"inputs of {needed} MB exceed the queue's maxinputsize {self.queue.maxinputsize} MB")
         mover = self._mover("in") if todo else None
         done = []
         for spec in job.inputs:

@@ -103,8 +103,10 @@ def test_looping_default_for_analysis_and_production(limits_for, transformation,
     assert limits_for(transformation=transformation, prodSourceLabel=label, maxCpuCount="NULL").looping == expected
 
 
-def test_memory_from_min_ram_count_times_grace(limits_for):
-    assert limits_for(minRamCount="2500", coreCount="8").memory_mb == 5000
+def test_memory_from_min_ram_count_times_cores_times_grace(limits_for):
+    """minRamCount is per core, as the earlier pilots read it: a multi-core job's limit scales."""
+    assert limits_for(minRamCount="2500", coreCount="8").memory_mb == 2500 * 8 * 2.0
+    assert limits_for(minRamCount="2500", coreCount="1").memory_mb == 2500 * 2.0
 
 
 def test_memory_from_queue_maxrss_per_core(limits_for):
