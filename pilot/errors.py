@@ -32,6 +32,7 @@ class ErrorCode(IntEnum):
     LOOPING_STAGEOUT = 1152
     LOST_JOB_NOT_FINISHED = 1153
     LOST_JOB_LOG_REGISTRATION = 1154
+    LOST_JOB_FILE_TRANSFER = 1155
     LOST_JOB_RECOVERY_FAILED = 1156
     RECOVERY_ATTEMPTS_EXHAUSTED = 1158
     NO_PROXY = 1163
@@ -88,9 +89,10 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.LOOPING_STAGEIN: "stuck in stage-in",
     ErrorCode.LOOPING_STAGEOUT: "stuck in stage-out",
     ErrorCode.LOST_JOB_NOT_FINISHED: "lost job was not finished",
-    ErrorCode.LOST_JOB_LOG_REGISTRATION: "lost job: log registration failed",
-    ErrorCode.LOST_JOB_RECOVERY_FAILED: "lost job recovery failed",
-    ErrorCode.RECOVERY_ATTEMPTS_EXHAUSTED: "recovery attempts exhausted",
+    ErrorCode.LOST_JOB_LOG_REGISTRATION: "failed to register (ship) the log file of a lost job",
+    ErrorCode.LOST_JOB_FILE_TRANSFER: "failed to move the output files of a lost job",
+    ErrorCode.LOST_JOB_RECOVERY_FAILED: "the pilot could not recover the job",
+    ErrorCode.RECOVERY_ATTEMPTS_EXHAUSTED: "reached the maximum number of recovery attempts",
     ErrorCode.NO_PROXY: "no valid proxy",
     ErrorCode.MISSING_OUTPUT: "output file missing",
     ErrorCode.SIZE_TOO_LARGE: "total input size too large",

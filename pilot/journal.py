@@ -1,30 +1,61 @@
 """The durable record of one job, rewritten atomically at every step.
 
 It lives in the job's work directory as `journal.json`. A pilot that dies leaves it behind; recovery
-reads it to know which step was reached, which files are already transferred, and which final report
-is still owed to the dispatcher.
+reads it to know which step was reached and how each step ended (the payload's exit code, the job's
+error), which files are already transferred, which final report is still owed to the dispatcher, who
+owned the job (to tell a dead pilot from a live one) and which processes the payload was (to end what
+is left of them).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import logging
+import os
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from pilot.fsutil import atomic_write_json
+from pilot.fsutil import atomic_write_json, loads_json, read_capped
 from pilot.layout import JOURNAL
 
 log = logging.getLogger(__name__)
 
 
 # The steps of a job's life, in order.
-STEPS = ("created", "staged_in", "payload_done", "staged_out", "reported")
+STEPS = ("created", "staged_in", "payload_done", "outputs_done", "staged_out", "reported")
+
+MAX_JOURNAL = 64 * 2**20  # a bigger journal.json is not read back (it is not one the pilot wrote)
+
+
+def boot_id() -> str:
+    """This boot of the node: a process of another boot is certainly gone."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
+            return handle.read(64).strip()
+    except OSError:
+        return ""
+
+
+def process_start(pid: int) -> Optional[float]:
+    """When process `pid` started (seconds since the epoch), None when there is no such process."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def current_owner(pilot_id: str = "", node: str = "") -> dict[str, Any]:
+    """Who owns a job: this pilot process, told apart from a later process that reuses its PID."""
+    pid = os.getpid()
+    return {"pid": pid, "start_time": process_start(pid), "boot_id": boot_id(), "pilot_id": pilot_id,
+            "node": node or socket.gethostname()}
 
 
 @dataclass
@@ -42,21 +73,45 @@ class Journal:
     final: Optional[dict[str, Any]] = None  # the final report, kept until the dispatcher took it
     recovery_attempts: int = 0
     updated: float = 0.0
+    owner: dict[str, Any] = field(default_factory=dict)  # current_owner() of the pilot running the job
+    payload: dict[str, Any] = field(default_factory=dict)  # pid, pgid, sid, start_time (+ cgroup) of the payload
+    outcome: dict[str, dict[str, Any]] = field(default_factory=dict)  # step -> how it ended (exit code, error)
+    error: Optional[dict[str, Any]] = None  # the job's error: {"code", "diag"} (None: none so far)
     # the heartbeat thread and the main thread both record in it: one change and save at a time
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     @classmethod
     def create(cls, workdir: Path, panda_id: int, attempt_nr: int, site: str, node: str,
-               job: dict[str, str]) -> Journal:
-        journal = cls(Path(workdir) / JOURNAL, panda_id, attempt_nr, site, node, dict(job))
+               job: dict[str, str], owner: Optional[dict[str, Any]] = None) -> Journal:
+        journal = cls(Path(workdir) / JOURNAL, panda_id, attempt_nr, site, node, dict(job),
+                      owner=dict(owner or current_owner(node=node)))
         journal.reach("created")
         return journal
 
     @classmethod
     def load(cls, path: Path) -> Journal:
-        data = json.loads(Path(path).read_text())
+        """Read a journal back; raises ValueError for anything that is not a journal this pilot wrote
+        (truncated, corrupt, too big, a link or special file planted in its place) and OSError when it
+        cannot be read."""
+        data = loads_json(read_capped(Path(path), MAX_JOURNAL), max_bytes=MAX_JOURNAL)
+        if not isinstance(data, dict):
+            raise ValueError("a journal is a JSON object")
         data.pop("version", None)
-        return cls(path=Path(path), **data)
+        known = {f.name: f for f in dataclasses.fields(cls) if f.name not in ("path", "_lock")}
+        unknown = set(data) - set(known)
+        if unknown:
+            raise ValueError(f"unknown journal fields {sorted(unknown)}")
+        try:
+            journal = cls(path=Path(path), **data)
+        except TypeError as exc:
+            raise ValueError(f"incomplete journal: {exc}") from None
+        if not (_is_int(journal.panda_id) and _is_int(journal.attempt_nr) and _is_int(journal.recovery_attempts)
+                and journal.step in STEPS and isinstance(journal.job, dict) and isinstance(journal.files, dict)
+                and isinstance(journal.site, str) and isinstance(journal.owner, dict)
+                and isinstance(journal.payload, dict) and isinstance(journal.outcome, dict)
+                and isinstance(journal.updated, (int, float))):
+            raise ValueError("journal fields of the wrong type")
+        return journal
 
     def save(self) -> bool:
         """Write the journal; a failure (a full disk) is logged, not raised: the job goes on and is
@@ -73,12 +128,35 @@ class Journal:
                 return False
             return True
 
-    def reach(self, step: str) -> None:
+    def reach(self, step: str, **outcome: Any) -> None:
+        """The job reached `step`; `outcome` says how it ended (e.g. the payload's exit_code)."""
         if step not in STEPS:
             raise ValueError(f"unknown journal step {step!r}")
         with self._lock:
             self.step = step
             self.steps[step] = time.time()
+            if outcome:
+                self.outcome[step] = dict(outcome)
+            self.save()
+
+    def fail(self, code: int, diag: str) -> None:
+        """The job's error (the first one counts): a later pilot reports the job failed with it."""
+        with self._lock:
+            if self.error is None:
+                self.error = {"code": int(code), "diag": diag}
+                self.save()
+
+    def take(self, owner: dict[str, Any]) -> None:
+        """A new owner (a recovering pilot) takes the job over: the attempt is counted first."""
+        with self._lock:
+            self.owner = dict(owner)
+            self.recovery_attempts += 1
+            self.save()
+
+    def payload_started(self, **identity: Any) -> None:
+        """The payload's process identity (pid, pgid, sid, start_time, cgroup), before it does anything."""
+        with self._lock:
+            self.payload = dict(identity)
             self.save()
 
     def reported(self, state: str) -> None:
@@ -102,5 +180,18 @@ class Journal:
             self.final = report
             self.save()
 
+    def settled(self, state: str) -> None:
+        """The dispatcher took the final report (state `state`): nothing is owed any more."""
+        with self._lock:
+            self.final = None
+            self.state = state
+            self.step = "reported"
+            self.steps["reported"] = time.time()
+            self.save()
+
     def has_reached(self, step: str) -> bool:
         return STEPS.index(self.step) >= STEPS.index(step)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
