@@ -1,7 +1,8 @@
 """The life of one job, start to end: a table of steps (STEPS), walked in order.
 
     step       what runs                                   journal mark     state shown
-    stagein    the inputs come in                          staged_in        starting (sent before)
+    setup      release check, input policy, analysis trf   (stage-in's)     starting (sent before)
+    stagein    the inputs come in                          staged_in        starting
     payload    the payload runs under watch                payload_done     running (sent once started)
     stageout   the outputs go out                          outputs_done     transferring (next heartbeat)
     log        the log tarball goes out                    staged_out       transferring
