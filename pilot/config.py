@@ -62,6 +62,7 @@ class QueueConfig:
     kill_grace: float = 30.0  # s between SIGTERM and SIGKILL
     # how often each check runs (s)
     memory_check_interval: float = 60.0
+    memory_first_check: float = 1.0  # s to the first memory sample, the gap doubling up to the interval (0: off)
     disk_check_interval: float = 300.0
     looping_check_interval: float = 600.0
     stdout_check_interval: float = 60.0

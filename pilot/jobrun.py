@@ -59,6 +59,7 @@ from pilot.report import (
     last_line,
     make_log_tarball,
     send_final,
+    utc,
 )
 from pilot.staging import Stager, Transferred
 from pilot.transform import Downloader, is_url
@@ -282,6 +283,7 @@ class JobRun:
             self.payload.start(control.wake)
             assert self.payload.proc is not None
             self.journal.payload_started(**process_identity(self.payload.proc.pid))
+            self.reporter.keep(core_count=self.cores, start_time=utc(self.started))
             self.reporter.try_send("running")
             reason = watch(self.payload, self.monitor, control)
         finally:
@@ -356,13 +358,15 @@ class JobRun:
     def _facts(self) -> JobFacts:
         facts = JobFacts(job=self.job, workdir=self.workdir, error=self.error, exit_code=self.exit_code,
                          files=self._stored(), timing=self.timing, started=self.started, cores=self.cores,
+                         cpu_model=self.ctx.node.cpu_model,
                          bytes_in=self._bytes("in"), bytes_out=self._bytes("out"))
         payload, monitor = self.payload, self.monitor
         if payload is not None and payload.proc is not None:
             facts.cpu_seconds = payload.cpu_seconds
-            facts.max_rss_kb = max(payload.max_rss_kb, monitor.max_rss_kb if monitor else 0)
-        if monitor is not None:
-            facts.max_pss_kb, facts.max_vmem_kb = monitor.max_pss_kb, monitor.max_vmem_kb
+            facts.wall_seconds = max(0.0, (payload.ended or time.time()) - payload.started)
+        if monitor is not None:  # the payload's own tree, this job only
+            facts.max_rss_kb, facts.max_pss_kb = monitor.max_rss_kb, monitor.max_pss_kb
+            facts.max_vmem_kb, facts.max_swap_kb = monitor.max_vmem_kb, monitor.max_swap_kb
         return facts
 
     def _result(self) -> JobResult:

@@ -104,6 +104,15 @@ class Check:
     interval: float
     run: Callable[[float], Optional[PilotError]]
     due: float = 0.0
+    ramp: float = 0.0  # > 0: the first run comes after this many seconds, the gap doubling up to `interval`
+
+    def next_gap(self) -> float:
+        if self.ramp <= 0:
+            return self.interval
+        gap, self.ramp = self.ramp, self.ramp * 2
+        if self.ramp >= self.interval:
+            self.ramp = 0.0
+        return min(gap, self.interval)
 
 
 @dataclass
@@ -116,6 +125,7 @@ class Monitor:
     max_pss_kb: int = 0
     max_rss_kb: int = 0
     max_vmem_kb: int = 0
+    max_swap_kb: int = 0
     checks: list[Check] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -123,14 +133,15 @@ class Monitor:
         now = self.clock()
         self.checks = [
             Check("time", 1.0 if self.limits.deadline else 0, self._time),
-            Check("memory", q.memory_check_interval, self._memory),
+            # early samples too: a short payload's memory is measured, not left to the pilot's own figures
+            Check("memory", q.memory_check_interval, self._memory, ramp=q.memory_first_check),
             Check("stdout", q.stdout_check_interval if self.limits.stdout_mb else 0, self._stdout),
             Check("disk", q.disk_check_interval, self._disk),
             Check("looping", q.looping_check_interval if self.limits.looping else 0, self._looping),
         ]
         self.checks = [c for c in self.checks if c.interval > 0]
         for check in self.checks:
-            check.due = now + check.interval
+            check.due = now + check.next_gap()
 
     def seconds_to_next(self) -> float:
         now = self.clock()
@@ -140,7 +151,7 @@ class Monitor:
         now = self.clock()
         for check in self.checks:
             if now >= check.due:
-                check.due = now + check.interval
+                check.due = now + check.next_gap()
                 verdict = check.run(now)
                 if verdict is not None:
                     log.warning("%s check: %s", check.name, verdict.diag)
@@ -151,7 +162,7 @@ class Monitor:
         return time_verdict(now, self.limits.deadline)
 
     def _memory(self, now: float) -> Optional[PilotError]:
-        pss = rss = vms = 0
+        pss = rss = vms = swap = 0
         for p in self.payload.processes():
             try:
                 info = p.memory_full_info()
@@ -160,9 +171,11 @@ class Monitor:
             pss += getattr(info, "pss", info.rss)
             rss += info.rss
             vms += info.vms
+            swap += getattr(info, "swap", 0)
         self.max_pss_kb = max(self.max_pss_kb, pss // 1024)
         self.max_rss_kb = max(self.max_rss_kb, rss // 1024)
         self.max_vmem_kb = max(self.max_vmem_kb, vms // 1024)
+        self.max_swap_kb = max(self.max_swap_kb, swap // 1024)
         return memory_verdict(pss / MB, self.limits.memory_mb)
 
     def _stdout(self, now: float) -> Optional[PilotError]:

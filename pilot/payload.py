@@ -11,7 +11,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import resource
 import shlex
 import signal
 import subprocess
@@ -138,14 +137,11 @@ class Payload:
     ended: float = 0.0
     tracked: dict[int, Tracked] = field(default_factory=dict)
     _before: set[tuple[int, float]] = field(default_factory=set)
-    _rusage_before: Optional[resource.struct_rusage] = None
-    cpu_seconds: float = 0.0
-    max_rss_kb: int = 0
+    cpu_seconds: float = 0.0  # user + system time of every payload process the pilot reaped (and of theirs)
 
     def start(self, on_exit: threading.Event) -> None:
         """Launch; `on_exit` is set when the payload's main process ends (it wakes the watcher)."""
         self._before = {(p.pid, _created(p)) for p in psutil.Process().children()}
-        self._rusage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         stdout = open(self.workdir / STDOUT, "wb")
         stderr = open(self.workdir / STDERR, "wb")
         try:
@@ -218,7 +214,7 @@ class Payload:
         deadline = time.monotonic() + grace
         self._signal_all(signal.SIGTERM, self._others())
         self.exited.wait(grace)
-        psutil.wait_procs(self._others(), timeout=max(0.0, deadline - time.monotonic()))
+        self._collect(self._others(), max(0.0, deadline - time.monotonic()))
         self._signal_all(signal.SIGKILL, self._others())
         self.exited.wait(10)
         self.reap()
@@ -233,12 +229,38 @@ class Payload:
                 break
             log.info("killing %d leftover payload process(es): %s", len(left), [p.pid for p in left])
             self._signal_all(signal.SIGKILL, left)
-            psutil.wait_procs(left, timeout=5)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            log.error("payload process %d does not end even after SIGKILL", self.proc.pid)
-        self._account()
+            self._collect(left, 5)
+        if self.proc.returncode is None:
+            status = self._wait4(self.proc.pid, 30)
+            if status is None:
+                log.error("payload process %d does not end even after SIGKILL", self.proc.pid)
+            else:
+                self.proc.returncode = os.waitstatus_to_exitcode(status)
+
+    def _wait4(self, pid: int, timeout: float) -> Optional[int]:
+        """Reap one child of the pilot; its CPU time (with that of the processes it reaped) counts for this
+        job. The wait status, or None when it did not end in time; ChildProcessError if not a child."""
+        deadline = time.monotonic() + timeout
+        while True:
+            got, status, usage = os.wait4(pid, os.WNOHANG)
+            if got == pid:
+                self.cpu_seconds += usage.ru_utime + usage.ru_stime
+                return status
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.02)
+
+    def _collect(self, procs: list[psutil.Process], timeout: float) -> None:
+        """Wait up to `timeout` for `procs` to end, reaping the pilot's own children with wait4 (orphans the
+        pilot adopted as a subreaper), so that none of their CPU time is lost."""
+        deadline = time.monotonic() + timeout
+        strangers = []
+        for p in procs:
+            try:
+                self._wait4(p.pid, max(0.0, deadline - time.monotonic()))
+            except ChildProcessError:  # not the pilot's child: its parent in the payload reaps it
+                strangers.append(p)
+        psutil.wait_procs(strangers, timeout=max(0.0, deadline - time.monotonic()))
 
     def _signal_all(self, signum: int, procs: list[psutil.Process]) -> None:
         assert self.proc is not None
@@ -253,13 +275,6 @@ class Payload:
                 p.send_signal(signum)
             except psutil.Error:
                 pass
-
-    def _account(self) -> None:
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        before = self._rusage_before
-        if before is not None:
-            self.cpu_seconds = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-        self.max_rss_kb = max(self.max_rss_kb, after.ru_maxrss)
 
 
 def _created(p: psutil.Process) -> float:

@@ -146,7 +146,7 @@ class FakePayload:
 
 
 INTERVALS = QueueConfig(memory_check_interval=60, stdout_check_interval=60, disk_check_interval=300,
-                        looping_check_interval=600, min_free_disk=0)
+                        looping_check_interval=600, min_free_disk=0, memory_first_check=0)
 
 
 def limits(**kw) -> Limits:
@@ -304,3 +304,16 @@ def test_memory_check_without_processes(tmp_path, clock):
     clock.advance(60)
     assert mon.run_due() is None
     assert mon.max_pss_kb == 0
+
+
+def test_memory_is_sampled_early_then_at_its_interval(tmp_path, clock):
+    """A short payload's memory is measured: samples after 0.5, 1, 2, ... s, then every interval."""
+    mon = monitor(tmp_path, clock, queue=QueueConfig(memory_check_interval=5, memory_first_check=0.5,
+                                                     stdout_check_interval=0, min_free_disk=0))
+    ran = recorded(mon)
+    times = []
+    for _ in range(6):
+        clock.advance(mon.seconds_to_next())
+        mon.run_due()
+        times.append(clock.now - 1_000_000.0)
+    assert ran.count("memory") == 6 and times == [0.5, 1.5, 3.5, 7.5, 12.5, 17.5]
