@@ -176,7 +176,9 @@ class PilotConfig:
     stop_file: Optional[Path] = None
     heartbeat: Optional[float] = None  # overrides the queue's
     keep_workdirs: bool = False
-    pilot_id: str = ""
+    pilot_id: str = ""  # as sent: `<id>|<version tag>|<version>`
+    version_tag: str = "PR"  # PR, RC, RCM, ALRB, PT (pilot/versiontag.py)
+    batch_id: Optional[str] = None  # the batch system's job id (Slurm, HTCondor, ...)
     scheduler_id: str = ""
     harvester_id: Optional[str] = None
     worker_id: Optional[int] = None

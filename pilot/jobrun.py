@@ -88,6 +88,7 @@ class PilotContext:
             "site_name": self.queue.name,
             "scheduler_id": self.config.scheduler_id or None,
             "pilot_id": self.config.pilot_id or None,
+            "batch_id": self.config.batch_id or None,
         }
 
     def owner(self) -> dict[str, Any]:
