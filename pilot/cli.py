@@ -5,15 +5,20 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sqlite3
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import TYPE_CHECKING, Mapping, Optional
 
 from pilot import __version__
 from pilot.config import PilotConfig, QueueConfig
 from pilot.errors import ExitCode
 from pilot.versiontag import job_label, parse_tag, pilot_id_field
+
+if TYPE_CHECKING:
+    from pilot.pcache import Pcache
 
 log = logging.getLogger("pilot")
 
@@ -80,6 +85,9 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     tls.add_argument("--request-timeout", type=float, default=60.0, help="seconds per request")
     tls.add_argument("--retry-budget", type=float, default=600.0,
                      help="seconds to keep retrying a request that fails in transport")
+    tls.add_argument("--pcache-report-field", default="", metavar="NAME",
+                     help="send the node cache's file list with each job request under this field name "
+                          "(off by default: a PanDA server refuses fields it does not know)")
 
 
 def version_line() -> str:
@@ -154,6 +162,7 @@ def config_from_args(args: argparse.Namespace) -> PilotConfig:
         harvester_id=args.harvester_id, worker_id=args.worker_id, cacert=args.cacert, capath=args.capath,
         cert=args.cert, key=args.key, proxy=args.proxy, token_file=args.token_file, origin=args.origin,
         request_timeout=args.request_timeout, retry_budget=args.retry_budget,
+        pcache_report_field=args.pcache_report_field,
     )
 
 
@@ -189,9 +198,14 @@ def run_pilot(config: PilotConfig) -> int:
     except (OSError, ValueError, DispatcherError) as exc:
         log.error("cannot set up the dispatcher %s: %s", config.dispatcher, exc)
         return ExitCode.GENERAL
+    try:
+        pcache = open_pcache(queue, control.cancel)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return ExitCode.GENERAL
     ctx = PilotContext(
         config=config, queue=queue, node=NodeInfo.probe(config.workdir), dispatcher=dispatcher,
-        registry=Registry(), control=control, deadline=started + lifetime if lifetime else None,
+        registry=Registry(), control=control, deadline=started + lifetime if lifetime else None, pcache=pcache,
     )
     log.info("pandapilot %s (%s) on %s, queue %s, dispatcher %s, job label %s", __version__, config.version_tag,
              ctx.node.host, queue.name, config.dispatcher, config.job_label)
@@ -199,12 +213,29 @@ def run_pilot(config: PilotConfig) -> int:
         code = Pilot(ctx).run()
     finally:
         dispatcher.close()
+        if pcache is not None:
+            pcache.close()
         try:
             config.workdir.rmdir()  # only when empty: job dirs left behind are kept for recovery
         except OSError:
             pass
     log.info("pilot exits with code %d", code)
     return code
+
+
+def open_pcache(queue: QueueConfig, cancel: threading.Event) -> Optional[Pcache]:
+    """The node's file cache when the queue names one (None otherwise, or when it cannot be opened: the
+    pilot then runs uncached). A bad setting raises ValueError."""
+    from pilot.pcache import Pcache, PcacheSettings
+
+    settings = PcacheSettings.from_queue(queue)
+    if settings is None:
+        return None
+    try:
+        return Pcache(settings, cancel=cancel)
+    except (OSError, sqlite3.Error) as exc:
+        log.warning("the node cache %s cannot be opened, running uncached: %s", settings.root, exc)
+        return None
 
 
 def main(argv: Optional[list[str]] = None) -> int:

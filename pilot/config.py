@@ -36,6 +36,15 @@ class QueueConfig:
     maxinputsize: int = 0  # MB of inputs a job may bring in; 0: no limit
     maxinputsize_overrides: list = field(default_factory=list)  # [{taskID|processingType|dataset, maxinputsize}]
     allowdirectaccess: bool = False
+    # the node's file cache (pilot/pcache.py); off when `pcache` (its directory) is unset
+    pcache: str = ""
+    pcache_limit: str = "80%"  # bytes (e.g. 20G) or a percentage of the cache's disk
+    pcache_hysteresis: float = 0.75  # when full, evict down to this fraction of the limit
+    pcache_accept: str = ""  # comma-separated glob patterns of cacheable source URLs (empty: all)
+    pcache_reject: str = ""  # patterns never cached, e.g. *.lib.tgz
+    pcache_link: str = "auto"  # auto | hardlink | copy: how a cached file reaches the work dir
+    pcache_wait: float = 600.0  # s to wait for another pilot filling the same file
+    pcache_report_max: int = 1000  # cached files named in a job request; above, a digest is sent
     # the payload
     setup: str = ""  # a shell snippet sourced before the payload (release setup)
     appdir: str = ""  # where releases live: one root or several, comma-separated (<root>/<platform>/<release>)
@@ -192,6 +201,7 @@ class PilotConfig:
     origin: Optional[str] = None
     request_timeout: float = 60.0
     retry_budget: float = 600.0
+    pcache_report_field: str = ""  # the job request field carrying the cached files to a PanDA server ("": none)
 
     @property
     def is_remote(self) -> bool:

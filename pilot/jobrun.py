@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from pilot.config import PilotConfig, QueueConfig
-from pilot.control import Control
+from pilot.control import Control, signal_error
 from pilot.dispatcher.base import Dispatcher, DispatcherError, FailureKind
 from pilot.errors import ErrorCode, PilotError
 from pilot.heartbeat import Heartbeat, Reporter
@@ -41,6 +41,7 @@ from pilot.layout import STDERR
 from pilot.monitor import Limits, Monitor, watch
 from pilot.node import NodeInfo
 from pilot.payload import Payload, build_command, cores_for, payload_env, process_identity
+from pilot.pcache import Pcache
 from pilot.release import (
     Release,
     find_release,
@@ -68,6 +69,11 @@ from sitemovers.registry import Registry
 
 log = logging.getLogger(__name__)
 
+# A batch system ending a job (scancel, condor_rm) signals all of its processes at once: a payload that died
+# of a signal the pilot did not send is given this long for the pilot's own signal to arrive, so that the
+# job is reported with the signal's code (1201 ...) rather than as a failed payload.
+SIGNAL_SETTLE = 2.0
+
 
 @dataclass
 class PilotContext:
@@ -80,6 +86,7 @@ class PilotContext:
     registry: Registry
     control: Control
     deadline: Optional[float] = None  # wall-clock time at which the pilot must be gone
+    pcache: Optional[Pcache] = None  # the node's file cache, when the queue has one
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -293,6 +300,8 @@ class JobRun:
         self.exit_code = 128 - code if code is not None and code < 0 else code
         log.info("payload ended with exit code %s after %.1f s", self.exit_code,
                  self.payload.ended - self.payload.started)
+        if reason is None and code is not None and code < 0 and control.stopping.wait(SIGNAL_SETTLE):
+            reason = signal_error(control.signum or -code)
         if wrapped:
             log_setup_output(self.workdir)
         failed_setup = setup_failure(self.workdir, self.exit_code) if wrapped and self.exit_code else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,7 +80,18 @@ class Pilot:
             harvester_id=cfg.harvester_id,
             worker_id=cfg.worker_id,
             remaining_time=remaining,
+            cached_files=self._cache_report(),
         )
+
+    def _cache_report(self) -> Optional[dict[str, Any]]:
+        """The node cache's contents for the dispatcher; a cache that cannot be read reports nothing."""
+        if self.ctx.pcache is None:
+            return None
+        try:
+            return self.ctx.pcache.report()
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("the node cache cannot be scanned: %s", exc)
+            return None
 
     def run(self) -> int:
         """Run jobs until a stop rule holds; returns the pilot's exit code."""

@@ -35,6 +35,7 @@ def make_dispatcher(config: PilotConfig, stopping: threading.Event) -> Dispatche
                 origin=config.origin,
                 timeout=config.request_timeout,
                 retry_budget=config.retry_budget,
+                cache_report_field=config.pcache_report_field,
             ),
             sleep=StopAwareSleep(stopping),
         )

@@ -7,6 +7,10 @@ Layout of the directory:
   rejected/              files that are not a job definition at all, each with a .reason beside it
   history/<PandaID>.jsonl every update the job received, one JSON object a line, as a server would see it
   commands/<PandaID>     an operator's command for that job: "tobekilled" (also when empty) or "softkill"
+  history/brokerage.jsonl  each cache-aware choice: the job given to a node that reported its cached files
+
+When the request carries the node's cached files (pilot/cachereport.py), the job with the most input bytes
+already cached there is handed out first (pilot/dispatcher/brokerage.py).
 """
 
 from __future__ import annotations
@@ -19,12 +23,16 @@ from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import parse_qsl
 
+from pilot.cachereport import CachedFiles
 from pilot.dispatcher.base import Command, Dispatcher, JobRequest, JobStatus, JobUpdate
-from pilot.fsutil import append_line, atomic_write, atomic_write_json
+from pilot.dispatcher.brokerage import cached_input_bytes, prefer_cached
+from pilot.fsutil import append_line, atomic_write, atomic_write_json, loads_json, read_capped
 
 log = logging.getLogger(__name__)
 
 PUSH_FILE = "pandaJobData.out"
+BROKERAGE = "brokerage.jsonl"
+MAX_JOB_FILE = 16 * 2**20  # a job definition looked at for brokerage is read with this cap
 
 
 def parse_push_file(text: str) -> list[dict[str, Any]]:
@@ -76,7 +84,11 @@ class LocalDispatcher(Dispatcher):
 
     def get_job(self, request: JobRequest) -> Optional[dict[str, str]]:
         self._split_push_file()
-        for path in sorted(self.root.glob("*.json"), key=lambda p: (len(p.name), p.name)):
+        paths = sorted(self.root.glob("*.json"), key=lambda p: (len(p.name), p.name))
+        cached = CachedFiles.parse(request.cached_files)
+        if cached:
+            paths, _ = prefer_cached(paths, cached, self._peek)
+        for path in paths:
             claimed = self.root / "claimed" / path.name
             try:
                 os.rename(path, claimed)
@@ -91,8 +103,27 @@ class LocalDispatcher(Dispatcher):
                 self._reject(claimed, f"a job definition is a JSON object, not {type(job).__name__}")
                 continue
             log.info("claimed job file %s", path.name)
+            if cached:
+                self._record_choice(request, path.name, job, cached_input_bytes(job, cached))
             return {str(k): "NULL" if v is None else str(v) for k, v in job.items()}
         return None
+
+    @staticmethod
+    def _peek(path: Path) -> Optional[dict[str, Any]]:
+        """A job file's definition without claiming it (None when unreadable: it is dealt with when claimed)."""
+        try:
+            job = loads_json(read_capped(path, MAX_JOB_FILE))
+        except (OSError, ValueError):
+            return None
+        return job if isinstance(job, dict) else None
+
+    def _record_choice(self, request: JobRequest, name: str, job: dict[str, Any], cached: int) -> None:
+        record = {"time": time.time(), "node": request.node, "job_file": name, "PandaID": job.get("PandaID"),
+                  "cached_input_bytes": cached, "node_cached_files": (request.cached_files or {}).get("count")}
+        try:
+            append_line(self.root / "history" / BROKERAGE, json.dumps(record, sort_keys=True))
+        except OSError as exc:
+            log.warning("brokerage record not written: %s", exc)
 
     def reject(self, job: dict[str, Any], diag: str) -> None:
         """A definition too broken to report (no PandaID): leave the reason for the operator."""

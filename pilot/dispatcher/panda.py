@@ -111,6 +111,7 @@ class PandaConfig:
     retry_budget: float = 600.0  # seconds of retrying, in all, per call
     backoff_base: float = 2.0
     backoff_max: float = 120.0
+    cache_report_field: str = ""  # send the node cache's report under this name ("": not sent, the default)
 
 
 class PandaDispatcher(Dispatcher):
@@ -160,7 +161,10 @@ class PandaDispatcher(Dispatcher):
     # --- the Dispatcher interface ---------------------------------------------------------------
 
     def get_job(self, request: JobRequest) -> Optional[dict[str, str]]:
-        path, reply = self._call("get_job", self._encode(request.fields(), GET_JOB_FIELDS))
+        payload = self._encode(request.fields(), GET_JOB_FIELDS)  # cached_files is no server field: dropped
+        if self.config.cache_report_field and request.cached_files is not None:
+            payload[self.config.cache_report_field] = json.dumps(request.cached_files, sort_keys=True)
+        path, reply = self._call("get_job", payload)
         if self.config.api == "v1":
             if not reply.get("success"):
                 if "no jobs" in str(reply.get("message", "")).lower():

@@ -190,3 +190,30 @@ def test_job_status_from_the_last_history_line(dispatcher, root):
     (root / "commands" / "5").write_text("softkill")
     status = dispatcher.job_status(5)
     assert (status.job_id, status.status, status.attempt_nr, status.command) == (5, "holding", 3, Command.SOFTKILL)
+
+
+def test_cache_aware_choice_prefers_the_job_with_most_input_bytes_cached(dispatcher, root):
+    put_job(root, "1.json", 1, inFiles="a.root,b.root", scopeIn="mc16,mc16", fsize="100,100")
+    put_job(root, "2.json", 2, inFiles="c.root,d.root", scopeIn="mc16,mc16", fsize="5000,300")
+    put_job(root, "3.json", 3, inFiles="c.root", scopeIn="data18", fsize="9999")  # same name, other scope
+    (root / "4.json").write_text("not json")  # unreadable: keeps its place, rejected when its turn comes
+    cached = {"v": 1, "count": 2, "bytes": 5100, "files": ["mc16:a.root", "mc16:c.root"]}
+    asking = JobRequest(site_name="Q", node="node07", cached_files=cached)
+    assert dispatcher.get_job(asking)["PandaID"] == "2"  # 5000 bytes cached, against 100
+    assert dispatcher.get_job(asking)["PandaID"] == "1"
+    assert dispatcher.get_job(REQUEST)["PandaID"] == "3"  # no report: the usual order
+    lines = (root / "history" / "brokerage.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [(r["PandaID"], r["cached_input_bytes"], r["node"]) for r in records] == [
+        (2, 5000, "node07"), (1, 100, "node07")]
+    assert dispatcher.history(2) == []  # the job's own history stays what a server would have received
+
+
+def test_cache_aware_choice_with_a_digest(dispatcher, root):
+    from pilot.cachereport import build
+
+    put_job(root, "1.json", 1, inFiles="x.root", scopeIn="s", fsize="10")
+    put_job(root, "2.json", 2, inFiles="y.root", scopeIn="s", fsize="10")
+    digest = build([("s", "y.root", 10), *(("s", f"other{i}", 1) for i in range(50))], max_names=5)
+    assert "bloom" in digest
+    assert dispatcher.get_job(JobRequest(site_name="Q", node="n", cached_files=digest))["PandaID"] == "2"

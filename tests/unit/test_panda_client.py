@@ -549,3 +549,15 @@ def test_close_closes_session(fake, monkeypatch):
 def test_bad_config(cfg):
     with pytest.raises(ValueError):
         PandaDispatcher(PandaConfig(**{"url": URL, **cfg}))
+
+
+@pytest.mark.parametrize("api,url", [("v1", V1_GET), ("legacy", LEG_GET)])
+def test_cache_report_is_sent_only_under_a_configured_field(mock, fake, api, url):
+    mock.post(url, json=v1_ok({"StatusCode": 20}) if api == "v1" else {"StatusCode": 20})
+    report = {"v": 1, "count": 1, "bytes": 10, "files": ["mc16:a.root"]}
+    make(fake, api=api).get_job(request(cached_files=report))
+    body = sent_json(mock) if api == "v1" else sent_form(mock)
+    assert "cached_files" not in body and "cachedFiles" not in body and "SITE_A" in body.values()
+    make(fake, api=api, cache_report_field="cachedFiles").get_job(request(cached_files=report))
+    body = sent_json(mock) if api == "v1" else sent_form(mock)
+    assert json.loads(body["cachedFiles"]) == report
