@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 JOURNAL = "journal.json"
+JOB_DEFINITION = "jobdef.json"  # the job's raw definition, written once; the journal names it
 PILOT_LOG = "pilot.log"
 STDOUT = "payload.stdout"
 STDERR = "payload.stderr"
@@ -20,7 +21,8 @@ RECOVERY_LOCK = "recovery.lock"  # held by the pilot recovering this job (O_EXCL
 # A journal that recovery set aside (unreadable, or out of attempts): never scanned again.
 JOURNAL_ASIDE = (f"{JOURNAL}.corrupt", f"{JOURNAL}.exhausted")
 
-RESERVED = frozenset({JOURNAL, PILOT_LOG, STDOUT, STDERR, TMP, WRAPPER, SETUP_LOG, RECOVERY_LOCK, *JOURNAL_ASIDE})
+RESERVED = frozenset({JOURNAL, JOB_DEFINITION, PILOT_LOG, STDOUT, STDERR, TMP, WRAPPER, SETUP_LOG, RECOVERY_LOCK,
+                      *JOURNAL_ASIDE})
 # Files that change because the pilot works, not the payload: the looping check ignores them.
 PILOT_OWN = frozenset({JOURNAL, PILOT_LOG, RECOVERY_LOCK})
 
@@ -29,7 +31,7 @@ _JOB_DIR = re.compile(r"PanDA_Pilot-(\d{1,19})-(\d{1,9})(?:-\d+)?\Z")
 
 
 def is_reserved(name: str) -> bool:
-    return name in RESERVED or name.startswith(f".{JOURNAL}.")  # the journal's temporary files
+    return name in RESERVED or name.startswith((f".{JOURNAL}.", f".{JOB_DEFINITION}."))  # their temporary files
 
 
 def job_dir_name(panda_id: int, attempt_nr: int) -> str:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from pilot.dispatcher.base import Dispatcher, DispatcherError, FailureKind, JobUpdate
 from pilot.errors import ErrorCode, PilotError, one_line
+from pilot.fsutil import UntrustedFile, loads_json, read_capped
 from pilot.layout import JOB_REPORT, JOURNAL, PILOT_LOG, SETUP_LOG, STDERR, STDOUT
 from pilot.staging import Transferred, output_report
 
@@ -78,11 +79,11 @@ def read_job_report(workdir: Path) -> Optional[dict[str, Any]]:
     """The payload's job report, if it wrote a valid one (a broken one is logged and ignored)."""
     path = workdir / JOB_REPORT
     try:
-        if path.stat().st_size > MAX_JOB_REPORT:
-            log.warning("job report %s is larger than %d bytes: not sent", path, MAX_JOB_REPORT)
-            return None
-        data = json.loads(path.read_text())
+        data = loads_json(read_capped(path, MAX_JOB_REPORT))
     except FileNotFoundError:
+        return None
+    except UntrustedFile as exc:  # a link, a FIFO, larger than the cap
+        log.warning("job report %s not sent: it %s", path, exc.strerror)
         return None
     except (OSError, ValueError) as exc:
         log.warning("job report %s is not valid JSON: %s", path, exc)

@@ -551,6 +551,25 @@ def test_bad_config(cfg):
         PandaDispatcher(PandaConfig(**{"url": URL, **cfg}))
 
 
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+@pytest.mark.parametrize("api, url, body", [
+    ("v1", V1_GET, DEEP),
+    ("v1", V1_GET, '{"success": true, "data": {"StatusCode": 0, "jobs": [{"PandaID": 1, "x": ' + DEEP + "}]}}"),
+    ("legacy", LEG_GET, '{"StatusCode": 0, "jobs": ' + json.dumps(DEEP) + "}"),  # the field holding JSON
+])
+def test_deeply_nested_reply_is_a_protocol_failure_not_a_recursion_error(mock, fake, api, url, body):
+    mock.post(url, body=body, content_type="application/json")
+    err = fails(FailureKind.PROTOCOL, lambda: make(fake, api=api).get_job(request()))
+    assert "deeper than" in err.diag or "not a JSON list" in err.diag
+
+
+def test_deeply_nested_update_reply_is_a_protocol_failure(mock, fake):
+    mock.post(V1_UPDATE, body='{"success": true, "data": ' + DEEP + "}", content_type="application/json")
+    fails(FailureKind.PROTOCOL, lambda: make(fake).update_job(JobUpdate(1, "running", 1)))
+
+
 @pytest.mark.parametrize("api,url", [("v1", V1_GET), ("legacy", LEG_GET)])
 def test_cache_report_is_sent_only_under_a_configured_field(mock, fake, api, url):
     mock.post(url, json=v1_ok({"StatusCode": 20}) if api == "v1" else {"StatusCode": 20})
