@@ -113,8 +113,8 @@ def find_release(job: Job, queue: QueueConfig) -> Optional[Release]:
     a PilotError (1186 no software directory, 1211 missing installation) when it is not there."""
     if not job.sw_release or not queue.appdir:
         return None
-    release = check_name(job.sw_release, "swRelease", reserved=False)
-    platform = check_name(job.cmt_config, "cmtConfig", reserved=False) if job.cmt_config else ""
+    release = check_name(job.sw_release, "swRelease")
+    platform = check_name(job.cmt_config, "cmtConfig") if job.cmt_config else ""
     where = roots(queue)
     existing = [root for root in where if root.is_dir()]
     if not existing:

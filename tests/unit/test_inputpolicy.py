@@ -87,7 +87,7 @@ def test_free_space_must_hold_the_inputs_to_come_plus_max_disk_count(job_dict, w
 
 
 def test_check_inputs_counts_only_what_is_still_to_come(job_dict, work):
-    too_big = job(job_dict, sizes=(2**50, 2**50))
+    too_big = job(job_dict, sizes=(2**49, 2**49))
     assert refusal(lambda: check_inputs(too_big, QueueConfig(), work, lambda lfn: False)).code == \
         ErrorCode.NO_LOCAL_SPACE
     check_inputs(too_big, QueueConfig(), work, lambda lfn: True)
