@@ -55,6 +55,15 @@ class QueueConfig:
     trf_max_size: int = 50  # MB
     trf_timeout: float = 60.0  # s per attempt
     trf_retries: int = 3
+    # who the payload runs as (pilot.identity)
+    identity: str = "none"  # none | uid | glexec
+    sandbox: str = ""  # bubblewrap: hide the pilot's files from the payload
+    grid_mapfile: str = ""  # uid: DN (or pattern) -> account or .pool
+    uid_command: str = ""  # uid: the switching command ({user} is the account); default setpriv as root
+    glexec_path: str = ""  # glexec: the binary, else $GLEXEC_LOCATION/sbin/glexec, ...
+    user_proxy_command: str = ""  # prints the user's proxy when the job brought none
+    get_proxy_key: bool = False  # uid: ask for the user's proxy with each job too (glexec always does)
+    payload_credentials: str = ""  # pilot env variables production payloads get (X509_USER_PROXY, ...)
     # multi-job loop and time
     timefloor: int = 0  # minutes: start no new job after this; 0: no time floor
     maxtime: int = 0  # s the pilot may live; 0: the command line decides
@@ -77,6 +86,8 @@ class QueueConfig:
     stdout_check_interval: float = 60.0
     heartbeat: float = 1800.0
     debug_heartbeat: float = 60.0  # after the server's "debug" command
+    # job recovery: where else to look for jobs dead pilots left (besides the pilot's work directory)
+    recovery_dir: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -185,6 +196,8 @@ class PilotConfig:
     stop_file: Optional[Path] = None
     heartbeat: Optional[float] = None  # overrides the queue's
     keep_workdirs: bool = False
+    recovery: bool = True  # recover jobs dead pilots left before taking new ones
+    lost_heartbeat: float = 0.0  # embedded dispatcher: s without an update before a claimed job is lost
     pilot_id: str = ""  # as sent: `<id>|<version tag>|<version>`
     version_tag: str = "PR"  # PR, RC, RCM, ALRB, PT (pilot/versiontag.py)
     batch_id: Optional[str] = None  # the batch system's job id (Slurm, HTCondor, ...)

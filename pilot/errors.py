@@ -55,6 +55,7 @@ class ErrorCode(IntEnum):
     MISSING_INSTALLATION = 1211
     OUT_OF_MEMORY = 1212
     REACHED_MAX_TIME = 1213
+    GLEXEC = 1226
     UNKNOWN_EXCEPTION = 1301
     CONVERSION_FAILURE = 1302
     PAYLOAD_FAILED = 1305
@@ -94,6 +95,7 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.LOST_JOB_RECOVERY_FAILED: "the pilot could not recover the job",
     ErrorCode.RECOVERY_ATTEMPTS_EXHAUSTED: "reached the maximum number of recovery attempts",
     ErrorCode.NO_PROXY: "no valid proxy",
+    ErrorCode.GLEXEC: "identity switch (glexec, uid) failed",
     ErrorCode.MISSING_OUTPUT: "output file missing",
     ErrorCode.SIZE_TOO_LARGE: "total input size too large",
     ErrorCode.CATALOG_REGISTRATION: "catalog registration failed",

@@ -12,6 +12,7 @@ from typing import Any, Callable, Optional
 
 from pilot.dispatcher.base import DispatcherError, FailureKind, JobRequest
 from pilot.errors import ExitCode
+from pilot.identity import needs_user_proxy
 from pilot.job import JobDefinitionError, parse_job
 from pilot.jobrun import JobResult, JobRun, PilotContext, report_unrun
 from pilot.layout import new_job_dir
@@ -81,6 +82,7 @@ class Pilot:
             worker_id=cfg.worker_id,
             remaining_time=remaining,
             cached_files=self._cache_report(),
+            get_proxy_key=needs_user_proxy(self.ctx.queue),  # glexec queues: the user's proxy with the job
         )
 
     def _cache_report(self) -> Optional[dict[str, Any]]:

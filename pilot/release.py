@@ -6,17 +6,19 @@ path shared by all releases). A release is installed when `<root>/<platform>/<re
 holds the setup script when it is relative). A job names its release (`swRelease`, e.g. `Atlas-21.0.15`
 or `21.0.15`), its platform (`cmtConfig`) and its cache (`homepackage`).
 
-The payload runs through a generated wrapper script: it sources the setup (the job's release, platform
-and home package as positional parameters and as PANDA_* variables), writes the setup's output to
-`setup.log` in the work dir, and then runs the payload's own words as given (`exec "$@"`): nothing of
-the job ever passes through a shell.
+The payload runs through a generated wrapper script (in the payload's part of the work dir; the
+launcher wraps it in turn): it sources the setup (the job's release, platform and home package as
+positional parameters and as PANDA_* variables), writes the setup's output to `setup.log` there, and
+then runs the payload's own words as given (`exec "$@"`): nothing of the job ever passes through a shell.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -25,7 +27,7 @@ from pilot.config import QueueConfig
 from pilot.errors import ErrorCode, PilotError
 from pilot.fsutil import tail_untrusted
 from pilot.job import Job, check_name
-from pilot.layout import SETUP_LOG, WRAPPER
+from pilot.layout import SETUP_LOG, JobDir
 
 log = logging.getLogger(__name__)
 
@@ -154,15 +156,22 @@ def needs_wrapper(release: Optional[Release], queue: QueueConfig) -> bool:
     return release is not None or bool(queue.setup.strip())
 
 
-def write_wrapper(workdir: Path, panda_id: int, queue: QueueConfig) -> Path:
-    """The wrapper script in the work dir (written before the payload exists, so no name is planted)."""
+def write_wrapper(dirs: JobDir, panda_id: int, queue: QueueConfig) -> Path:
+    """The wrapper script in the payload's part of the work dir. It is written under a new temporary name
+    and renamed over whatever has the name (a name a payload of an earlier attempt planted is replaced,
+    never written through)."""
     site = "\n".join(f"    {line}" for line in queue.setup.splitlines() if line.strip()) or "    :"
-    path = workdir / WRAPPER
-    tmp = workdir / f".{WRAPPER}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o755)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(WRAPPER_TEXT.format(panda_id=panda_id, site_setup=site, setup_log=SETUP_LOG))
-    os.replace(tmp, path)
+    path = dirs.release_wrapper
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(WRAPPER_TEXT.format(panda_id=panda_id, site_setup=site, setup_log=SETUP_LOG))
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     return path
 
 
@@ -171,14 +180,14 @@ def wrap(argv: list[str], wrapper: Path) -> list[str]:
     return ["/bin/bash", str(wrapper), *argv]
 
 
-def setup_failure(workdir: Path, exit_code: int) -> Optional[PilotError]:
+def setup_failure(setup_log: Path, exit_code: int) -> Optional[PilotError]:
     """For a wrapper that ended with a non-zero `exit_code`: a SETUP_FAILURE (1110) with the tail of the
     setup's output when the setup did not let the payload run, None when the payload itself failed.
 
     The wrapper's last line in the setup log says how the setup ended; without one, the setup itself
     ended the wrapper (an `exit` in the sourced script) before the payload could start.
     """
-    text = tail_untrusted(workdir / SETUP_LOG, 64 * 1024)
+    text = tail_untrusted(setup_log, 64 * 1024)
     statuses = STATUS_LINE.findall(text)
     if statuses and statuses[-1] == "0":
         return None
@@ -187,8 +196,8 @@ def setup_failure(workdir: Path, exit_code: int) -> Optional[PilotError]:
     return PilotError(ErrorCode.SETUP_FAILURE, f"release setup failed ({how}): {output or '(no output)'}")
 
 
-def log_setup_output(workdir: Path) -> None:
-    """The setup's output, into the pilot's log (bounded)."""
-    text = tail_untrusted(workdir / SETUP_LOG, 8192)
+def log_setup_output(setup_log: Path) -> None:
+    """The setup's output, into the pilot's log (bounded; the file is the payload's: no link followed)."""
+    text = tail_untrusted(setup_log, 8192)
     if text:
         log.info("release setup output (last %d characters):\n%s", len(text), text.rstrip())

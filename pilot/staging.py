@@ -8,6 +8,7 @@ Every transferred file is recorded in the job journal, so a resumed job skips wh
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from typing import Any, Optional
 
 from pilot.config import QueueConfig
 from pilot.errors import ErrorCode, PilotError
+from pilot.fsutil import UntrustedFile, open_untrusted
 from pilot.job import FileSpec, Job
 from pilot.journal import Journal
 from sitemovers.base import Expected, Failure, MoverSettings, SiteMover, TransferError
@@ -133,10 +135,7 @@ class Stager:
         for spec, local in files:
             info = journal.file_info("out", spec.lfn)
             if info is None:
-                try:
-                    size = local.stat().st_size
-                except FileNotFoundError:
-                    raise PilotError(ErrorCode.MISSING_OUTPUT, f"output {spec.lfn} was not produced") from None
+                size, inode = checked_output(spec.lfn, local)
                 if size == 0:
                     raise PilotError(ErrorCode.EMPTY_OUTPUT, f"output {spec.lfn} is empty")
                 mover = mover or self._mover("out")
@@ -148,11 +147,33 @@ class Stager:
                                             partial(mover.put, local, destination, expected, self.cancel))
                 except TransferError as exc:
                     raise PilotError(error_code("out", exc), exc.diag) from None
+                if checked_output(spec.lfn, local)[1] != inode:
+                    raise PilotError(ErrorCode.STAGEOUT_FAILED, f"output {spec.lfn} was replaced during its transfer")
                 info = {"fsize": result.fsize, "checksum": str(result.checksum or ""), "location": result.location,
                         "guid": spec.guid}
                 journal.file_done("out", spec.lfn, **info)
             done.append(_transferred(spec.lfn, info))
         return done
+
+
+def checked_output(lfn: str, local: Path) -> tuple[int, tuple[int, int]]:
+    """Size and identity of an output the payload made: a regular file of its own, not a symbolic link
+    (to the pilot's proxy, say), not a hard link, not a FIFO or device. Anything else fails the output."""
+    try:
+        fd = open_untrusted(local)
+    except FileNotFoundError:
+        raise PilotError(ErrorCode.MISSING_OUTPUT, f"output {lfn} was not produced") from None
+    except UntrustedFile as exc:
+        raise PilotError(ErrorCode.MISSING_OUTPUT, f"output {lfn} {exc.strerror}: not shipped") from None
+    except OSError as exc:
+        raise PilotError(ErrorCode.MISSING_OUTPUT, f"output {lfn} cannot be opened: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if st.st_nlink > 1:
+        raise PilotError(ErrorCode.MISSING_OUTPUT, f"output {lfn} is a hard link to another file: not shipped")
+    return st.st_size, (st.st_dev, st.st_ino)
 
 
 def _transferred(lfn: str, info: dict[str, Any]) -> Transferred:
