@@ -19,7 +19,7 @@ from pilot.dispatcher.local import LocalDispatcher
 from pilot.job import parse_job
 from pilot.jobrun import JobResult, JobRun, PilotContext
 from pilot.node import NodeInfo, cpu_model
-from pilot.payload import PR_SET_CHILD_SUBREAPER
+from pilot.proctrack import PR_SET_CHILD_SUBREAPER
 from sitemovers.registry import Registry
 
 MB_KB = 1024

@@ -89,7 +89,7 @@ def test_a_production_job_runs_its_transformation_inside_its_release(tmp_path, a
     assert [line[4:] for line in lines if line.startswith("arg=")] == ["--in", "a b", "$(touch pwned)", ";",
                                                                         "`id`", "x'y"]
     assert not list(tmp_path.rglob("pwned")), "the job's words never pass through a shell"
-    setup_log = (site.work / "job11" / "setup.log").read_text()
+    setup_log = (site.work / "job11" / "work" / "setup.log").read_text()
     assert f"set up 21.0.15 for Atlas-21.0.15 on {PLATFORM} (AtlasProduction/21.0.15.1)" in setup_log
     assert "set up 21.0.15" in (site.work / "job11" / "pilot.log").read_text(), "setup output in the log"
 
@@ -106,7 +106,7 @@ def test_a_release_not_installed_fails_early_without_any_transfer(tmp_path, appd
     result = site.run(swRelease="Atlas-99.9.9", inFiles="in.dat", fsize="5")
     assert (result.state, result.error_code) == ("failed", ErrorCode.MISSING_INSTALLATION)
     assert "99.9.9" in result.diag and PLATFORM in result.diag and str(appdir) in result.diag
-    assert result.bytes_in == 0 and not (site.work / "job11" / "in.dat").exists()
+    assert result.bytes_in == 0 and not (site.work / "job11" / "work" / "in.dat").exists()
     assert [h["job_status"] for h in site.dispatcher.history(11)] == ["starting", "failed"]
 
 
@@ -138,7 +138,7 @@ def test_a_failing_setup_is_reported_with_its_output_tail(tmp_path, setup, how):
     result = site.run()
     assert (result.state, result.error_code) == ("failed", ErrorCode.SETUP_FAILURE)
     assert how in result.diag and "compiler not found: gcc13" in result.diag
-    assert not (site.work / "job11" / "out.dat").exists(), "the payload never ran"
+    assert not (site.work / "job11" / "work" / "out.dat").exists(), "the payload never ran"
 
 
 def test_a_failing_payload_after_a_good_setup_is_a_payload_failure(tmp_path, appdir):
@@ -151,7 +151,7 @@ def test_a_job_without_a_release_runs_bare(tmp_path, appdir):
     site = Site(tmp_path, appdir=str(appdir))
     result = site.run(swRelease="NULL", transformation="/bin/sh", jobPars="-c 'echo bare > out.dat'")
     assert result.state == "finished" and site.output() == "bare\n"
-    assert not (site.work / "job11" / "pilot_wrapper.sh").exists()
+    assert not (site.work / "job11" / "work" / "release_setup.sh").exists()
 
 
 def test_an_absolute_envsetup_is_shared_by_all_releases(tmp_path, appdir):
