@@ -26,7 +26,7 @@ from pilot.config import QueueConfig
 from pilot.diskspace import reserve_tail
 from pilot.errors import ErrorCode, PilotError
 from pilot.job import Job, value
-from pilot.layout import JOB_REPORT, STDERR, STDOUT, TMP
+from pilot.layout import INPUT_MANIFEST, JOB_REPORT, STDERR, STDOUT, TMP
 from pilot.proctrack import SubreaperTracker, Tracker
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,7 @@ def payload_env(job: Job, workdir: Path, base: dict[str, str], credentials: tupl
         "PANDA_RESOURCE_TYPE": job.resource_type,
         "TMPDIR": str(tmp),
         "PILOT_JOB_REPORT": str(workdir / JOB_REPORT),
+        "PILOT_INPUT_MANIFEST": str(workdir / INPUT_MANIFEST),  # written by stage-in (pilot/staging.py)
     })
     env.update(dict.fromkeys(CORE_VARIABLES, str(cores or job.core_count)))
     env.update(extra or {})
