@@ -167,6 +167,7 @@ def test_multi_core_variables_from_the_job_or_the_queue(tmp_path, appdir):
     site = Site(tmp_path, appdir=str(appdir), corecount=4)
     assert site.run(coreCount="8").state == "finished"
     assert "cores=8,8,8,8" in site.output() and site.final()["core_count"] == 8
+    (site.se / "out.dat").unlink()  # the next job's output of the same name
     assert site.run(PandaID="12", outFiles="out.dat,12.log.tgz", logFile="12.log.tgz").state == "finished"
     assert "cores=4,4,4,4" in site.output() and site.final(12)["core_count"] == 4
 
