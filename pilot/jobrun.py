@@ -74,7 +74,7 @@ from sitemovers.registry import Registry
 log = logging.getLogger(__name__)
 
 # A batch system ending a job (scancel, condor_rm) signals all of its processes at once: a payload that died
-# of a signal the pilot did not send is given this long for the pilot's own signal to arrive, so that the
+# of a signal the pilot did not send (exit code above 128) is given this long for the pilot's own signal, so that the
 # job is reported with the signal's code (1201 ...) rather than as a failed payload.
 SIGNAL_SETTLE = 2.0
 
@@ -333,8 +333,9 @@ class JobRun:
         self.exit_code = 128 - code if code is not None and code < 0 else code
         log.info("payload ended with exit code %s after %.1f s", self.exit_code,
                  self.payload.ended - self.payload.started)
-        if reason is None and code is not None and code < 0 and control.stopping.wait(SIGNAL_SETTLE):
-            reason = signal_error(control.signum or -code)
+        signalled = self.exit_code is not None and self.exit_code > 128  # directly or through a wrapper shell
+        if reason is None and signalled and control.stopping.wait(SIGNAL_SETTLE):
+            reason = signal_error(control.signum or self.exit_code - 128)
         if wrapped:
             log_setup_output(dirs.setup_log)
         failed_setup = setup_failure(dirs.setup_log, self.exit_code) if wrapped and self.exit_code else None

@@ -112,7 +112,8 @@ def test_a_pilot_whose_log_stopped_changing_is_ended(site: Site, bundle: Path) -
 
 
 def test_a_batch_system_signalling_every_process_ends_the_job_1201(site: Site) -> None:
-    """scancel and condor_rm signal the payload and the pilot alike: the payload may die first."""
+    """scancel and condor_rm signal the payload and the pilot alike: the payload may die first, and its
+    pilot may see that before its own signal arrives."""
     pidfile = site.root / "payload.pid"
     site.add_job(46, f"echo $$ > {pidfile}; exec sleep 600")
     proc = site.start()
@@ -120,6 +121,10 @@ def test_a_batch_system_signalling_every_process_ends_the_job_1201(site: Site) -
         payload = read_pids(pidfile, 1, timeout=60)[0]
         site.wait_state(46, "running")
         os.kill(payload, signal.SIGTERM)
+        assert proc.stdout is not None
+        for line in proc.stdout:  # the pilot has seen its payload end: now its own signal comes
+            if "payload ended with exit code 143" in line:
+                break
         os.kill(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout=60) == 128 + signal.SIGTERM
     finally:
