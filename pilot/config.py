@@ -77,6 +77,8 @@ class QueueConfig:
     stdout_check_interval: float = 60.0
     heartbeat: float = 1800.0
     debug_heartbeat: float = 60.0  # after the server's "debug" command
+    # job recovery: where else to look for jobs dead pilots left (besides the pilot's work directory)
+    recovery_dir: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -177,6 +179,8 @@ class PilotConfig:
     stop_file: Optional[Path] = None
     heartbeat: Optional[float] = None  # overrides the queue's
     keep_workdirs: bool = False
+    recovery: bool = True  # recover jobs dead pilots left before taking new ones
+    lost_heartbeat: float = 0.0  # embedded dispatcher: s without an update before a claimed job is lost
     pilot_id: str = ""  # as sent: `<id>|<version tag>|<version>`
     version_tag: str = "PR"  # PR, RC, RCM, ALRB, PT (pilot/versiontag.py)
     batch_id: Optional[str] = None  # the batch system's job id (Slurm, HTCondor, ...)

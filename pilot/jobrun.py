@@ -116,6 +116,7 @@ class Step:
     announce: str  # "send" an update before it, "enter" it for the next heartbeat, "started": the step
     #                sends it once its work has started, "final": the heartbeat stops before it
     always: bool = False  # runs even after the job failed
+    lost_code: Optional[ErrorCode] = None  # what its failure means in a recovered (lost) job
 
 
 class JobRun:
@@ -133,6 +134,7 @@ class JobRun:
         self.exit_code: Optional[int] = None
         self.report: Optional[FinalReport] = None
         self.reported = False
+        self.recovering = False
         self.stager = Stager(ctx.queue, ctx.registry, ctx.control.cancel)
         self.journal: Journal
 
@@ -154,16 +156,19 @@ class JobRun:
             return self._walk()
 
     @classmethod
-    def resume(cls, journal: Journal, ctx: PilotContext, error: Optional[PilotError] = None) -> JobResult:
+    def resume(cls, journal: Journal, ctx: PilotContext, error: Optional[PilotError] = None,
+               recovering: bool = False) -> JobResult:
         """Re-enter the job of `journal` (its work dir is the journal's) at the step it reached. `error`
-        fails the job from here on (e.g. its payload never ended). Raises JobDefinitionError when the
-        journal's job definition is not a valid one."""
+        fails the job from here on (e.g. its payload never ended). When `recovering` a job its pilot
+        lost, a step that fails now fails the job with that step's lost-job code (1154, 1155). Raises
+        JobDefinitionError when the journal's job definition is not a valid one."""
         run = cls(parse_job(journal.job), ctx, journal.path.parent)
         run.journal = journal
+        run.recovering = recovering
         run.started = journal.steps.get("created", run.started)
         run.exit_code = journal.outcome.get("payload_done", {}).get("exit_code")
         if journal.error is not None:
-            run.error = PilotError(journal.error.get("code", ErrorCode.UNKNOWN), str(journal.error.get("diag", "")))
+            run.error = _error_of(journal.error.get("code"), journal.error.get("diag"))
         if error is not None:
             run._fail(error)
         with job_log(run.workdir):
@@ -209,14 +214,14 @@ class JobRun:
         except DispatcherError as exc:
             if exc.kind is FailureKind.AUTH:
                 raise
-            self._fail(exc)
+            self._fail(self._lost(step, exc))
             return
         except PilotError as exc:
-            self._fail(control.job_kill if control.job_kill is not None and not step.always else exc)
+            self._fail(control.job_kill if control.job_kill is not None and not step.always else self._lost(step, exc))
             return
         except Exception as exc:  # a pilot bug must still end in a report, not a lost job
             log.exception("unexpected error in job %d (%s)", self.job.panda_id, step.name)
-            self._fail(PilotError(ErrorCode.UNKNOWN_EXCEPTION, f"{type(exc).__name__}: {exc}"))
+            self._fail(self._lost(step, PilotError(ErrorCode.UNKNOWN_EXCEPTION, f"{type(exc).__name__}: {exc}")))
             return
         finally:
             self.timing[step.name] = self.timing.get(step.name, 0.0) + time.monotonic() - begin
@@ -228,6 +233,11 @@ class JobRun:
             if step.mark == "payload_done":
                 outcome["exit_code"] = self.exit_code
             self.journal.reach(step.mark, **outcome)
+
+    def _lost(self, step: Step, error: PilotError) -> PilotError:
+        if self.recovering and step.lost_code is not None:
+            return PilotError(step.lost_code, f"lost job, {step.name}: {error.code} {error.diag}")
+        return error
 
     def _fail(self, error: PilotError) -> None:
         if self.error is None:
@@ -308,7 +318,9 @@ class JobRun:
             stager.stage_out(self.job, [(self.job.log, tarball)], self.journal)
         except PilotError as exc:
             log.error("log of job %d not shipped: %s", self.job.panda_id, exc.diag)
-            self._fail(exc if exc.code == ErrorCode.LOGFILE_CREATION else PilotError(exc.code, f"log: {exc.diag}"))
+            if exc.code == ErrorCode.LOGFILE_CREATION:
+                raise
+            raise PilotError(exc.code, f"log: {exc.diag}") from None
 
     def _final_report(self) -> bool:
         """Put the report together (or take the one a dead pilot already owed) and deliver it."""
@@ -317,7 +329,7 @@ class JobRun:
         else:
             self.report = final_report(self._facts())
             if self.error is None and self.report.state == "failed":  # the report itself could not be made
-                self.error = PilotError(self.report.error_code, str(self.report.fields.get("pilot_error_diag")))
+                self.error = _error_of(self.report.error_code, self.report.fields.get("pilot_error_diag"))
         self.reported = send_final(self.ctx.dispatcher, self.ctx.identity, self.report, self.journal)
         return self.reported
 
@@ -363,11 +375,22 @@ class JobRun:
         )
 
 
+def _error_of(code: Any, diag: Any) -> PilotError:
+    """A job error as a journal or report keeps it (a code the table lacks reads as a general error)."""
+    try:
+        return PilotError(ErrorCode(int(code)), str(diag or ""))
+    except (TypeError, ValueError):
+        return PilotError(ErrorCode.GENERAL, f"error {code!r}: {diag or ''}")
+
+
 STEPS: tuple[Step, ...] = (
-    Step("stagein", JobRun._stage_in, "staged_in", "starting", "send"),
-    Step("payload", JobRun._run_payload, "payload_done", "running", "started"),
-    Step("stageout", JobRun._stage_out_outputs, "outputs_done", "transferring", "enter"),
-    Step("log", JobRun._ship_log, "staged_out", "transferring", "enter", always=True),
+    Step("stagein", JobRun._stage_in, "staged_in", "starting", "send", lost_code=ErrorCode.LOST_JOB_NOT_FINISHED),
+    Step("payload", JobRun._run_payload, "payload_done", "running", "started",
+         lost_code=ErrorCode.LOST_JOB_NOT_FINISHED),
+    Step("stageout", JobRun._stage_out_outputs, "outputs_done", "transferring", "enter",
+         lost_code=ErrorCode.LOST_JOB_FILE_TRANSFER),
+    Step("log", JobRun._ship_log, "staged_out", "transferring", "enter", always=True,
+         lost_code=ErrorCode.LOST_JOB_LOG_REGISTRATION),
     Step("report", JobRun._final_report, "reported", None, "final", always=True),
 )
 
