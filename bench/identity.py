@@ -38,7 +38,7 @@ from pilot.payload import Payload  # noqa: E402
 from pilot.proctrack import CgroupTracker, SubreaperTracker, become_subreaper, new_tracker  # noqa: E402
 from sitemovers.registry import Registry  # noqa: E402
 
-ACCOUNT = "ppbench1"
+ACCOUNT = f"ppb{os.getpid()}"  # a temporary account of this run
 DN = "/DC=org/DC=pandapilot-bench/CN=Bench User"
 STANDIN = ROOT / "tests" / "standins" / "glexec"
 

@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +29,10 @@ from tests.e2e.conftest import Site, pids_alive, stop_pilot, wait_for
 
 ROOT = os.geteuid() == 0
 STANDIN = Path(__file__).resolve().parents[1] / "standins" / "glexec"
-USERS = ("pptenant1", "pptenant2")
-DN = {"pptenant1": "/DC=org/DC=pandapilot-test/CN=Tenant One", "pptenant2": "/DC=org/DC=pandapilot-test/CN=Tenant Two"}
+# Test accounts, named after this test session (several may run on one machine at once).
+ONE, TWO = f"pt{os.getpid()}a", f"pt{os.getpid()}b"
+USERS = (ONE, TWO)
+DN = {ONE: "/DC=org/DC=pandapilot-test/CN=Tenant One", TWO: "/DC=org/DC=pandapilot-test/CN=Tenant Two"}
 UNMAPPED_DN = "/DC=org/DC=elsewhere/CN=Nobody Known"
 MODES = ["none", "uid", "glexec", "bwrap", "sandbox"]  # bwrap: uid in a sandbox; sandbox: same uid in one
 SWITCHED = ["uid", "glexec", "bwrap"]
@@ -51,12 +54,22 @@ def accounts() -> Iterator[dict[str, pwd.struct_passwd]]:
         return
     for name in USERS:
         subprocess.run(["userdel", name], capture_output=True)  # a leftover of an interrupted run
-        subprocess.run(["useradd", "--no-create-home", "--home-dir", f"/home/{name}", "--shell", "/bin/bash",
-                        "--user-group", name], check=True, capture_output=True)
+        _account_tool(["useradd", "--no-create-home", "--home-dir", f"/home/{name}", "--shell", "/bin/bash",
+                       "--user-group", name])
     yield {name: pwd.getpwnam(name) for name in USERS}
     for name in USERS:
-        subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)  # only the test accounts
-        subprocess.run(["userdel", name], capture_output=True)
+        subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)  # only this session's accounts
+        _account_tool(["userdel", name])
+
+
+def _account_tool(argv: list[str]) -> None:
+    """useradd / userdel, waiting for /etc/passwd's lock while another session holds it."""
+    for _ in range(60):
+        done = subprocess.run(argv, capture_output=True, text=True)
+        if done.returncode == 0 or "lock" not in done.stderr:
+            break
+        time.sleep(0.5)
+    assert done.returncode == 0, f"{argv}: {done.stderr}"
 
 
 def make_proxy(dn: str, expired: bool = False) -> str:
@@ -84,7 +97,7 @@ def make_proxy(dn: str, expired: bool = False) -> str:
 @pytest.fixture(scope="session")
 def proxies() -> dict[str, str]:
     return {**{user: make_proxy(dn) for user, dn in DN.items()}, "unmapped": make_proxy(UNMAPPED_DN),
-            "expired": make_proxy(DN["pptenant1"], expired=True)}
+            "expired": make_proxy(DN[ONE], expired=True)}
 
 
 # --- one site per mode ------------------------------------------------------------------------------
@@ -105,7 +118,7 @@ class TenantSite:
         """The pilot's files are out of the payload's reach (another account, or hidden by a sandbox)."""
         return self.mode != "none"
 
-    def job(self, panda_id: int, script: str, outputs: tuple[str, ...] = (), user: str = "pptenant1",
+    def job(self, panda_id: int, script: str, outputs: tuple[str, ...] = (), user: str = ONE,
             **extra: Any) -> None:
         if self.switched:
             extra.setdefault("userProxy", self.proxies[user])
@@ -210,7 +223,7 @@ def run(request, accounts, proxies, tmp_path_factory) -> Iterator[Run]:
         t.job(5, LOOPING, maxCpuCount=1)
         t.job(6, MEMORY, minRamCount=60)
         if t.switched:
-            t.job(7, "id -u > uid-7.txt", ("uid-7.txt",), user="pptenant2")
+            t.job(7, "id -u > uid-7.txt", ("uid-7.txt",), user=TWO)
             t.job(8, "echo ran > ran-8.txt", ("ran-8.txt",), user="unmapped")
             t.job(9, "echo ran > ran-9.txt", ("ran-9.txt",), user="expired")
         result = t.run()
@@ -250,15 +263,15 @@ def test_pilot_runs_all_probe_jobs(run: Run) -> None:
 
 def test_payload_runs_as_the_mapped_account(run: Run, accounts) -> None:
     assert run.t.final(1)["job_status"] == "finished", run.t.final(1)
-    expected = accounts["pptenant1"].pw_uid if run.t.switched else os.geteuid()
+    expected = accounts[ONE].pw_uid if run.t.switched else os.geteuid()
     assert int(run.t.output("uid-1.txt")) == expected
 
 
 def test_two_jobs_of_two_users_run_each_under_its_own_account(run: Run, accounts) -> None:
     if not run.t.switched:
         pytest.skip("same-uid mode has one account")
-    assert int(run.t.output("uid-1.txt")) == accounts["pptenant1"].pw_uid
-    assert int(run.t.output("uid-7.txt")) == accounts["pptenant2"].pw_uid
+    assert int(run.t.output("uid-1.txt")) == accounts[ONE].pw_uid
+    assert int(run.t.output("uid-7.txt")) == accounts[TWO].pw_uid
 
 
 def test_pilot_proxy_unreadable_and_journal_unwritable(run: Run) -> None:
@@ -275,7 +288,7 @@ def test_no_pilot_secret_in_the_payload_environment(run: Run) -> None:
     assert "BEARER_TOKEN_FILE" not in env and "LD_PRELOAD" not in env
     assert env.get("X509_USER_PROXY", "") != str(run.t.pilot_proxy)
     if run.t.switched:
-        assert env["USER"] == env["LOGNAME"] == "pptenant1" and env["HOME"] == "/home/pptenant1"
+        assert env["USER"] == env["LOGNAME"] == ONE and env["HOME"] == f"/home/{ONE}"
         assert env["X509_USER_PROXY"].endswith("/cred/x509up"), "the user's own proxy, in its own dir"
 
 
@@ -368,4 +381,4 @@ def test_sigterm_to_the_pilot_ends_all_payload_processes(mode, accounts, proxies
     if mode not in ("bwrap", "sandbox"):  # in a sandbox, the PIDs are those of its own namespace
         assert not pids_alive(pids)
     if t.switched:
-        assert not _account_processes("pptenant1")
+        assert not _account_processes(ONE)
