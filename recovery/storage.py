@@ -19,6 +19,7 @@ from pilot.errors import PilotError
 from pilot.job import FileSpec, Job
 from pilot.jobrun import PilotContext
 from pilot.journal import Journal
+from pilot.layout import JobDir
 from pilot.staging import Stager
 from sitemovers.base import SiteMover, TransferError
 from sitemovers.checksum import Checksum, file_checksum
@@ -52,7 +53,8 @@ def tidy_storage(ctx: PilotContext, job: Job, journal: Journal) -> None:
 
 
 def _known_intact(mover: SiteMover, job: Job, journal: Journal, spec: FileSpec, url: str) -> None:
-    local = journal.path.parent / spec.lfn
+    dirs = JobDir(journal.path.parent)  # outputs are in the payload's part, the log tarball in the pilot's
+    local = (dirs.root if spec.lfn == job.log.lfn else dirs.payload) / spec.lfn
     try:
         info = os.lstat(local)
     except FileNotFoundError:
