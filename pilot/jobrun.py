@@ -30,6 +30,7 @@ from typing import Any, Optional
 
 from pilot.config import PilotConfig, QueueConfig
 from pilot.control import Control, signal_error
+from pilot.diskspace import give_back_reserve, local_space_error
 from pilot.dispatcher.base import Dispatcher, DispatcherError, FailureKind
 from pilot.errors import ErrorCode, PilotError
 from pilot.heartbeat import Heartbeat, Reporter
@@ -50,6 +51,7 @@ from pilot.report import (
     last_line,
     make_log_tarball,
     send_final,
+    tail,
 )
 from pilot.staging import Stager, Transferred
 from sitemovers.checksum import Checksum
@@ -241,6 +243,9 @@ class JobRun:
 
     def _fail(self, error: PilotError) -> None:
         if self.error is None:
+            error = local_space_error(error, self.workdir, tail(self.dirs.stderr, 4096)) or error
+            if error.code == ErrorCode.NO_LOCAL_SPACE:  # room for the journal, the log and the tarball
+                give_back_reserve(self.workdir.parent)
             self.error = error
             log.error("job %d failed: %d %s", self.job.panda_id, error.code, error.diag)
             self.journal.fail(int(error.code), error.diag)
@@ -314,7 +319,9 @@ class JobRun:
             return  # shipped before (a resumed job)
         stager = Stager(self.ctx.queue, self.ctx.registry, threading.Event())
         try:
-            tarball = make_log_tarball(self.dirs, self.job.log.lfn)
+            queue = self.ctx.queue
+            tarball = make_log_tarball(self.dirs, self.job.log.lfn, queue.log_gzip_level,
+                                       queue.log_stdout_max << 20)
             stager.stage_out(self.job, [(self.job.log, tarball)], self.journal)
         except PilotError as exc:
             log.error("log of job %d not shipped: %s", self.job.panda_id, exc.diag)
@@ -351,7 +358,8 @@ class JobRun:
     def _facts(self) -> JobFacts:
         facts = JobFacts(job=self.job, workdir=self.workdir, error=self.error, exit_code=self.exit_code,
                          files=self._stored(), timing=self.timing, started=self.started,
-                         bytes_in=self._bytes("in"), bytes_out=self._bytes("out"))
+                         bytes_in=self._bytes("in"), bytes_out=self._bytes("out"),
+                         journal_unsaved=self.journal.save_failures, journal_error=self.journal.save_error)
         payload, monitor = self.payload, self.monitor
         if payload is not None and payload.proc is not None:
             facts.cpu_seconds = payload.cpu_seconds

@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional
 import psutil
 
 from pilot.config import QueueConfig
+from pilot.diskspace import reserve_tail
 from pilot.errors import ErrorCode, PilotError
 from pilot.job import Job, check_name
 from pilot.layout import JOB_REPORT, STDERR, STDOUT, TMP
@@ -154,6 +155,7 @@ class Payload:
         except BaseException:
             os.close(out_fd)
             raise
+        reserve_tail(err_fd)  # the payload's last words survive a full disk
         try:
             self.proc = subprocess.Popen(
                 self.argv, cwd=self.workdir, env=self.env, stdin=subprocess.DEVNULL,

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from pilot.diskspace import QuietFileHandler
 from pilot.dispatcher.base import Dispatcher, DispatcherError, FailureKind, JobUpdate
 from pilot.errors import ErrorCode, PilotError, one_line
 from pilot.fsutil import UntrustedFile, loads_json, open_untrusted, read_capped, tail_untrusted
@@ -43,7 +44,7 @@ def job_log(workdir: Path) -> Iterator[Path]:
     """Everything the pilot logs while this job runs also goes to the job's own log file."""
     path = workdir / PILOT_LOG
     try:
-        handler: Optional[logging.Handler] = logging.FileHandler(path, encoding="utf-8")
+        handler: Optional[logging.Handler] = QuietFileHandler(path)  # a full disk cannot break it
     except OSError as exc:
         log.error("no job log file %s: %s", path, exc)
         handler = None
@@ -88,10 +89,12 @@ def read_job_report(path: Path) -> Optional[dict[str, Any]]:
     return data
 
 
-def make_log_tarball(dirs: JobDir, name: str) -> Path:
+def make_log_tarball(dirs: JobDir, name: str, level: int = 1, stdout_max: int = 0) -> Path:
     """The job's logs as `name` (a .tgz) in the job's (pilot-private) dir, under a directory named after
-    it. Written to a new temporary name, renamed over whatever has the name (a planted link is replaced,
-    never followed). Members are opened without following links; a link or special file is left out."""
+    it, packed at gzip `level`; of the payload's stdout and stderr only the last `stdout_max` bytes are
+    kept (0: all). Written to a new temporary name, renamed over whatever has the name (a planted link is
+    replaced, never followed). Members are opened without following links; a link or special file is
+    left out."""
     target = dirs.root / name
     inner = name[: -len(".tgz")] if name.endswith(".tgz") else name
     inner = inner[: -len(".tar")] if inner.endswith(".tar") else inner
@@ -99,9 +102,11 @@ def make_log_tarball(dirs: JobDir, name: str) -> Path:
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=dirs.root)
         try:
-            with os.fdopen(fd, "wb") as handle, tarfile.open(fileobj=handle, mode="w:gz") as tar:
+            with os.fdopen(fd, "wb") as handle, \
+                    tarfile.open(fileobj=handle, mode="w:gz", compresslevel=level) as tar:
                 for path in members:
-                    _add_untrusted(tar, path, f"{inner}/{path.name}")
+                    keep = stdout_max if path in (dirs.stdout, dirs.stderr) else 0
+                    _add_untrusted(tar, path, f"{inner}/{path.name}", keep)
             os.replace(tmp, target)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -112,8 +117,9 @@ def make_log_tarball(dirs: JobDir, name: str) -> Path:
     return target
 
 
-def _add_untrusted(tar: tarfile.TarFile, path: Path, arcname: str) -> None:
-    """Add a regular file, read through the descriptor checked at open, never more than it had then."""
+def _add_untrusted(tar: tarfile.TarFile, path: Path, arcname: str, keep: int = 0) -> None:
+    """Add a regular file, read through the descriptor checked at open, never more than it had then; of
+    a larger file only its last `keep` bytes when keep > 0."""
     try:
         fd = open_untrusted(path)
     except FileNotFoundError:
@@ -124,6 +130,10 @@ def _add_untrusted(tar: tarfile.TarFile, path: Path, arcname: str) -> None:
     with os.fdopen(fd, "rb") as handle:
         info = tar.gettarinfo(arcname=arcname, fileobj=handle)
         info.uname = info.gname = ""
+        if keep and info.size > keep:
+            log.info("log tarball keeps the last %d of %d bytes of %s", keep, info.size, path.name)
+            handle.seek(info.size - keep)
+            info.size = keep
         tar.addfile(info, _Capped(handle, info.size))
 
 
@@ -209,6 +219,8 @@ class JobFacts:
     max_rss_kb: int = 0
     max_pss_kb: int = 0
     max_vmem_kb: int = 0
+    journal_unsaved: int = 0  # saves of the journal that failed (a full disk): said in the report
+    journal_error: str = ""
 
 
 def final_report(facts: JobFacts) -> FinalReport:
@@ -233,7 +245,7 @@ def _all_fields(facts: JobFacts) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "trans_exit_code": facts.exit_code if facts.exit_code is not None else (0 if not failed else None),
         "pilot_error_code": int(error.code) if error is not None else 0,
-        "pilot_error_diag": error.diag if error is not None else None,
+        "pilot_error_diag": _diag(facts) if error is not None else None,
         "core_count": job.core_count,
         "n_input_files": len(job.inputs),
         "start_time": utc(facts.started),
@@ -257,8 +269,16 @@ def _all_fields(facts: JobFacts) -> dict[str, Any]:
         if _is_int32(events) and events >= 0:
             fields["n_events"] = events
     fields["job_metrics"] = job_metrics(coreCount=job.core_count, nInputFiles=len(job.inputs),
-                                        bytesIn=facts.bytes_in, bytesOut=facts.bytes_out)
+                                        bytesIn=facts.bytes_in, bytesOut=facts.bytes_out,
+                                        journalUnsaved=facts.journal_unsaved or None)
     return {k: v for k, v in fields.items() if v is not None}
+
+
+def _diag(facts: JobFacts) -> str:
+    assert facts.error is not None
+    if not facts.journal_unsaved:
+        return facts.error.diag
+    return one_line(f"{facts.error.diag} (journal not saved {facts.journal_unsaved}x: {facts.journal_error})")
 
 
 def _essential_fields(facts: JobFacts) -> dict[str, Any]:
