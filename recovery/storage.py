@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Optional
 
 from pilot.errors import PilotError
+from pilot.fsutil import open_untrusted
 from pilot.job import FileSpec, Job
 from pilot.jobrun import PilotContext
 from pilot.journal import Journal
 from pilot.layout import JobDir
 from pilot.staging import Stager
 from sitemovers.base import SiteMover, TransferError
-from sitemovers.checksum import Checksum, file_checksum
+from sitemovers.checksum import Checksum, Hasher, file_checksum
 from sitemovers.local import LocalSiteMover, local_path
 
 log = logging.getLogger(__name__)
@@ -53,23 +54,27 @@ def tidy_storage(ctx: PilotContext, job: Job, journal: Journal) -> None:
 
 
 def _known_intact(mover: SiteMover, job: Job, journal: Journal, spec: FileSpec, url: str) -> None:
-    dirs = JobDir(journal.path.parent)  # outputs are in the payload's part, the log tarball in the pilot's
-    local = (dirs.root if spec.lfn == job.log.lfn else dirs.payload) / spec.lfn
+    """The local output is in the payload's part of the work dir: read without following links."""
+    local = JobDir(journal.path.parent).payload / spec.lfn
+    if spec.lfn == job.log.lfn:
+        local = journal.path.parent / spec.lfn  # the log tarball is the pilot's
     try:
-        info = os.lstat(local)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISREG(info.st_mode):
-        return
-    remote = stat_file(mover, url)
-    if remote is None or remote[0] != info.st_size:
-        return
-    mine = file_checksum(local)
+        fd = open_untrusted(local)
+    except OSError:
+        return  # absent, a link, not a regular file
+    with os.fdopen(fd, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        remote = stat_file(mover, url)
+        if remote is None or remote[0] != size:
+            return
+        hasher = Hasher()
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            hasher.update(chunk)
+    mine = hasher.result("adler32")
     if remote[1] != mine:
         return
-    log.info("job %d: %s is in storage already (size %d, %s): not sent again", job.panda_id, spec.lfn,
-             info.st_size, mine)
-    journal.file_done("out", spec.lfn, fsize=info.st_size, checksum=str(mine), location=url, guid=spec.guid)
+    log.info("job %d: %s is in storage already (size %d, %s): not sent again", job.panda_id, spec.lfn, size, mine)
+    journal.file_done("out", spec.lfn, fsize=size, checksum=str(mine), location=url, guid=spec.guid)
 
 
 # --- storage operations the movers do not offer (yet): the local mover's, else nothing -------------------
