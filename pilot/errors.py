@@ -52,6 +52,7 @@ class ErrorCode(IntEnum):
     SIGINT = 1208
     OUT_OF_MEMORY = 1212
     REACHED_MAX_TIME = 1213
+    FILE_EXISTS = 1221
     GLEXEC = 1226
     UNKNOWN_EXCEPTION = 1301
     CONVERSION_FAILURE = 1302
@@ -63,9 +64,12 @@ class ErrorCode(IntEnum):
     COMMUNICATION_FAILURE = 1318
     LOGFILE_CREATION = 1320
     UNKNOWN_COPYTOOL = 1323
+    NO_REMOTE_SPACE = 1333
+    STAGEIN_AUTH = 1338
     EMPTY_OUTPUT = 1350
     BAD_FILE_NAME = 1371
     PREEMPTION = 1379
+    STAGEOUT_AUTH = 1383
 
 
 DESCRIPTIONS: dict[ErrorCode, str] = {
@@ -109,6 +113,7 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.SIGINT: "killed by SIGINT",
     ErrorCode.OUT_OF_MEMORY: "payload exceeded its memory limit",
     ErrorCode.REACHED_MAX_TIME: "reached the pilot's time limit",
+    ErrorCode.FILE_EXISTS: "file already exists",
     ErrorCode.UNKNOWN_EXCEPTION: "unexpected pilot exception",
     ErrorCode.CONVERSION_FAILURE: "malformed value in job definition",
     ErrorCode.PAYLOAD_FAILED: "payload execution failed",
@@ -119,9 +124,12 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.COMMUNICATION_FAILURE: "communication with the server failed",
     ErrorCode.LOGFILE_CREATION: "log file creation failed",
     ErrorCode.UNKNOWN_COPYTOOL: "unknown copy tool",
+    ErrorCode.NO_REMOTE_SPACE: "no space left at the storage",
+    ErrorCode.STAGEIN_AUTH: "authentication failure during stage-in",
     ErrorCode.EMPTY_OUTPUT: "empty output file",
     ErrorCode.BAD_FILE_NAME: "illegal file name",
     ErrorCode.PREEMPTION: "job was preempted",
+    ErrorCode.STAGEOUT_AUTH: "authentication failure during stage-out",
 }
 
 SIGNAL_CODES: dict[int, ErrorCode] = {

@@ -27,7 +27,7 @@ from pilot.config import QueueConfig
 from pilot.diskspace import reserve_tail
 from pilot.errors import ErrorCode, PilotError
 from pilot.job import Job, check_name
-from pilot.layout import JOB_REPORT, STDERR, STDOUT, TMP
+from pilot.layout import INPUT_MANIFEST, JOB_REPORT, STDERR, STDOUT, TMP
 from pilot.proctrack import SubreaperTracker, Tracker
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ def payload_env(job: Job, workdir: Path, base: dict[str, str], credentials: tupl
         "ATHENA_CORE_NUMBER": cores,
         "TMPDIR": str(tmp),
         "PILOT_JOB_REPORT": str(workdir / JOB_REPORT),
+        "PILOT_INPUT_MANIFEST": str(workdir / INPUT_MANIFEST),  # written by stage-in (pilot/staging.py)
     })
     return env
 
