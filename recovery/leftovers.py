@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from pathlib import Path
 from typing import Any, Optional
 
 import psutil
@@ -91,15 +92,10 @@ def end_payload(identity: dict[str, Any], timeout: float = 10.0) -> list[int]:
 
 
 def _end_cgroup(path: str) -> None:
-    """The payload's cgroup ends as a whole, through pilot/proctrack.py where the pilot has it."""
+    """The payload's cgroup ends as a whole (cgroup.kill), through pilot/proctrack.py."""
+    from pilot.proctrack import end_cgroup
+
     try:
-        from pilot import proctrack  # type: ignore[attr-defined]
-    except ImportError:
-        return
-    kill = getattr(proctrack, "kill_cgroup", None)
-    if kill is None:
-        return
-    try:
-        kill(path)
-    except Exception:  # a cgroup that cannot be ended: the processes are still ended one by one
+        end_cgroup(Path(path))
+    except Exception:  # a cgroup that cannot be ended: its processes are still ended one by one
         log.exception("cgroup %s of a dead pilot's payload not ended", path)

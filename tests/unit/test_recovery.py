@@ -238,3 +238,16 @@ def test_two_recovering_pilots_at_once_recover_each_job_once(tmp_path):
     taken = sorted(n for s in summaries for n in s.recovered + s.cleaned)
     assert taken == list(range(200, 212))
     assert all(len(finals(ctxs[0], 200 + n)) == 1 for n in range(12))
+
+
+def test_a_job_the_embedded_dispatcher_offered_again_is_only_cleaned_up(tmp_path, monkeypatch):
+    workdir = leftover(tmp_path, 60, "stageout", monkeypatch)
+    ctx = context(tmp_path)
+    claimed = tmp_path / "jobs" / "claimed" / "60.json"
+    claimed.write_text(json.dumps(definition(60)))
+    dispatcher = LocalDispatcher(tmp_path / "jobs", lost_heartbeat=60)
+    assert dispatcher.retry_lost(now=time.time() + 3600) == [60]
+    summary = JobRecovery(ctx, [tmp_path / "work"]).run()
+    assert summary.cleaned == [60] and not workdir.exists()
+    assert json.loads((tmp_path / "jobs" / "60.json").read_text())["attemptNr"] == "2", "offered again"
+    assert [h["job_status"] for h in ctx.dispatcher.history(60)] == ["starting", "running", "failed"]
