@@ -18,9 +18,9 @@ from pilot.errors import ExitCode
 from pilot.versiontag import job_label, parse_tag, pilot_id_field
 
 if TYPE_CHECKING:
-    from sitemovers.registry import Registry
     from pilot.jobrun import PilotContext
     from pilot.pcache import Pcache
+    from sitemovers.registry import Registry
 
 log = logging.getLogger("pilot")
 
@@ -202,7 +202,8 @@ def run_pilot(config: PilotConfig, recover_only: bool = False, registry: Optiona
         return ExitCode.GENERAL
     ctx = PilotContext(
         config=config, queue=queue, node=NodeInfo.probe(config.workdir), dispatcher=dispatcher,
-        registry=registry or Registry(), control=control, deadline=started + lifetime if lifetime else None, pcache=pcache,
+        registry=registry or Registry(), control=control, deadline=started + lifetime if lifetime else None,
+        pcache=pcache,
     )
     log.info("pandapilot %s (%s) on %s, queue %s, dispatcher %s, job label %s", __version__, config.version_tag,
              ctx.node.host, queue.name, config.dispatcher, config.job_label)
