@@ -21,6 +21,8 @@ from typing import Any, Optional
 
 import psutil
 
+from pilot.proctrack import end_cgroup
+
 log = logging.getLogger(__name__)
 
 START_TOLERANCE = 0.05  # s: the same process reads the same start time (clock ticks); a reused PID does not
@@ -92,10 +94,6 @@ def end_payload(identity: dict[str, Any], timeout: float = 10.0) -> list[int]:
 
 
 def _end_cgroup(path: str) -> None:
-    """The payload's cgroup ends as a whole (cgroup.kill), through pilot/proctrack.py."""
-    from pilot.proctrack import end_cgroup
-
-    try:
-        end_cgroup(Path(path))
-    except Exception:  # a cgroup that cannot be ended: its processes are still ended one by one
-        log.exception("cgroup %s of a dead pilot's payload not ended", path)
+    """The payload's cgroup ends as a whole (cgroup.kill), then goes; a cgroup that cannot be ended is
+    logged by proctrack, and its processes are still ended one by one."""
+    end_cgroup(Path(path))

@@ -143,7 +143,7 @@ def test_an_attempt_that_moved_on_is_only_cleaned_up(tmp_path, monkeypatch):
 
 def test_a_partial_file_is_removed_and_an_intact_output_not_sent_again(tmp_path, monkeypatch):
     workdir = leftover(tmp_path, 17, "stageout", monkeypatch)
-    partial = tmp_path / "se" / partial_name("17.log.tgz")
+    partial = tmp_path / "se" / partial_name("17.log.tgz")  # the one temporary-name pattern of a put
     partial.write_bytes(b"half a log")
     (tmp_path / "se" / "out.dat").write_text("17\n")  # the put landed; its journal record did not
     before = (tmp_path / "se" / "out.dat").stat().st_mtime_ns
@@ -238,16 +238,3 @@ def test_two_recovering_pilots_at_once_recover_each_job_once(tmp_path):
     taken = sorted(n for s in summaries for n in s.recovered + s.cleaned)
     assert taken == list(range(200, 212))
     assert all(len(finals(ctxs[0], 200 + n)) == 1 for n in range(12))
-
-
-def test_a_job_the_embedded_dispatcher_offered_again_is_only_cleaned_up(tmp_path, monkeypatch):
-    workdir = leftover(tmp_path, 60, "stageout", monkeypatch)
-    ctx = context(tmp_path)
-    claimed = tmp_path / "jobs" / "claimed" / "60.json"
-    claimed.write_text(json.dumps(definition(60)))
-    dispatcher = LocalDispatcher(tmp_path / "jobs", lost_heartbeat=60)
-    assert dispatcher.retry_lost(now=time.time() + 3600) == [60]
-    summary = JobRecovery(ctx, [tmp_path / "work"]).run()
-    assert summary.cleaned == [60] and not workdir.exists()
-    assert json.loads((tmp_path / "jobs" / "60.json").read_text())["attemptNr"] == "2", "offered again"
-    assert [h["job_status"] for h in ctx.dispatcher.history(60)] == ["starting", "running", "failed"]
