@@ -22,7 +22,7 @@ from pilot.jobrun import PilotContext
 from pilot.journal import Journal
 from pilot.layout import JobDir
 from pilot.staging import Stager
-from sitemovers.base import SiteMover, TransferError
+from sitemovers.base import Direction, SiteMover, TransferError
 from sitemovers.checksum import Checksum, Hasher, file_checksum
 from sitemovers.local import LocalSiteMover, local_path
 
@@ -37,7 +37,7 @@ def tidy_storage(ctx: PilotContext, job: Job, journal: Journal) -> None:
         return
     stager = Stager(ctx.queue, ctx.registry, threading.Event())
     try:
-        mover = stager._mover("out")
+        mover = stager.movers(Direction.OUT)[0]  # the primary stage-out mover
     except PilotError as exc:
         log.error("job %d: storage not checked: %s", job.panda_id, exc.diag)
         return
