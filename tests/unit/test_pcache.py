@@ -195,7 +195,7 @@ def test_hostile_names_never_escape_the_cache(tmp_path, storage):
 
 
 def test_payload_as_root_gets_a_copy_and_cannot_change_the_cache(tmp_path, storage):
-    cache = Pcache(PcacheSettings(root=tmp_path / "pcache", link="auto"), payload_uid=0)
+    cache = Pcache(PcacheSettings(root=tmp_path / "pcache", link="auto"), payload_as_root=True)
     key, expected = storage.add("s", "in.root", b"pristine" * 100)
     staged = stage(cache, storage, key, expected, tmp_path / "job" / "in.root")
     assert not staged.linked
@@ -211,7 +211,7 @@ def test_payload_under_another_uid_gets_a_read_only_link(storage):
     base = Path(tempfile.mkdtemp(prefix="pcache-uid-"))
     try:
         os.chmod(base, 0o755)
-        cache = Pcache(PcacheSettings(root=base / "pcache", link="auto"), payload_uid=65534)
+        cache = Pcache(PcacheSettings(root=base / "pcache", link="auto"), payload_as_root=False)
         storage.root = base / "storage"
         key, expected = storage.add("s", "in.root", b"pristine" * 100)
         (base / "job").mkdir(mode=0o777)
