@@ -18,6 +18,7 @@ from pilot.errors import ExitCode
 from pilot.versiontag import job_label, parse_tag, pilot_id_field
 
 if TYPE_CHECKING:
+    from pilot.jobrun import PilotContext
     from pilot.pcache import Pcache
 
 log = logging.getLogger("pilot")
@@ -70,6 +71,11 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop-file", type=Path, help="stop taking jobs once this file exists (default: <workdir>/STOP)")
     p.add_argument("--heartbeat", type=_positive, help="seconds between heartbeats (default: the queue's, 1800)")
     p.add_argument("--keep-workdirs", action="store_true", help="keep each job's work dir after its report")
+    p.add_argument("--no-recovery", action="store_true",
+                   help="do not recover the jobs dead pilots left in the work area before taking new ones")
+    p.add_argument("--lost-heartbeat", type=float, default=0.0,
+                   help="embedded dispatcher: seconds without an update after which a claimed job is failed "
+                        "(lost heartbeat) and offered again as its next attempt (0: never)")
     p.add_argument("--pilot-id", default="", help="this pilot's identity (e.g. the batch job id)")
     p.add_argument("--scheduler-id", default=os.environ.get("PANDA_SCHEDULER_ID", ""), help="factory identity")
     p.add_argument("--harvester-id", default=os.environ.get("HARVESTER_ID"), help="Harvester instance id")
@@ -105,9 +111,45 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     sub = top.add_subparsers(dest="command", required=True)
     _add_run_arguments(sub.add_parser("run", help="run jobs from a dispatcher"))
+    _add_run_arguments(sub.add_parser("recover", help="only recover the jobs dead pilots left, then stop"))
     demo = sub.add_parser("demo", help="run a handful of jobs on a throw-away local site")
     demo.add_argument("--dir", type=Path, help="where to build the site (default: a new temporary directory)")
+    releases = sub.add_parser("releases", help="list the software releases installed on this node")
+    releases.add_argument("--queue", "-q", default="LOCAL", help="the queue whose appdir/envsetup to use")
+    releases.add_argument("--queue-config", type=Path, help="YAML file with the queue's settings")
+    releases.add_argument("--appdir", help="release roots (comma-separated), instead of the queue's appdir")
+    releases.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return top
+
+
+def list_releases(args: argparse.Namespace) -> int:
+    """`pandapilot releases`: the installed releases and platforms, as a table or JSON."""
+    import dataclasses
+    import json
+
+    from pilot.release import installed
+
+    try:
+        queue = QueueConfig.load(args.queue, args.queue_config)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return ExitCode.GENERAL
+    if args.appdir:
+        queue = dataclasses.replace(queue, appdir=args.appdir)
+    if not queue.appdir:
+        log.error("queue %s names no release roots (appdir); give --appdir or --queue-config", queue.name)
+        return ExitCode.GENERAL
+    found = installed(queue)
+    if args.json:
+        print(json.dumps([r.as_dict() for r in found], indent=1))
+        return ExitCode.OK
+    rows = [("RELEASE", "PLATFORM", "PATH"), *((r.name, r.platform, r.path) for r in found)]
+    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+    for name, platform, path in rows:
+        print(f"{name:<{widths[0]}}  {platform:<{widths[1]}}  {path}")
+    if not found:
+        print(f"(no release under {queue.appdir})")
+    return ExitCode.OK
 
 
 def config_from_args(args: argparse.Namespace) -> PilotConfig:
@@ -122,6 +164,7 @@ def config_from_args(args: argparse.Namespace) -> PilotConfig:
         computing_element=args.computing_element, max_jobs=args.max_jobs, lifetime=args.lifetime,
         max_no_job=args.max_no_job, no_job_wait=args.no_job_wait, max_failures=args.max_failures,
         stop_file=args.stop_file or workdir / "STOP", heartbeat=args.heartbeat, keep_workdirs=args.keep_workdirs,
+        recovery=not args.no_recovery, lost_heartbeat=args.lost_heartbeat,
         pilot_id=pilot_id_field(args.pilot_id or f"{os.uname().nodename}:{os.getpid()}", tag),
         version_tag=tag.name, batch_id=args.batch_id, scheduler_id=args.scheduler_id,
         harvester_id=args.harvester_id, worker_id=args.worker_id, cacert=args.cacert, capath=args.capath,
@@ -131,8 +174,30 @@ def config_from_args(args: argparse.Namespace) -> PilotConfig:
     )
 
 
-def run_pilot(config: PilotConfig) -> int:
-    """Set up the pilot's collaborators and run the loop; returns the exit code."""
+def recovery_areas(config: PilotConfig, queue: QueueConfig) -> list[Path]:
+    """Where job recovery looks: the pilot's work directory and the queue's recovery_dir."""
+    areas = [config.workdir]
+    if queue.recovery_dir:
+        areas.append(Path(queue.recovery_dir))
+    return areas
+
+
+def run_recovery(ctx: PilotContext, config: PilotConfig) -> Optional[int]:
+    """The recovery pass; an exit code when it must end the pilot (refused credentials), else None."""
+    from pilot.dispatcher.base import DispatcherError
+    from recovery.jobrecovery import JobRecovery
+
+    try:
+        JobRecovery(ctx, recovery_areas(config, ctx.queue)).run()
+    except DispatcherError as exc:
+        log.error("the dispatcher refused us during recovery: %s", exc.diag)
+        return ExitCode.CREDENTIALS
+    return None
+
+
+def run_pilot(config: PilotConfig, recover_only: bool = False) -> int:
+    """Set up the pilot's collaborators, recover what dead pilots left (unless switched off), and run the
+    loop (or only the recovery); returns the exit code."""
     from pilot.control import Control
     from pilot.dispatcher import make_dispatcher
     from pilot.dispatcher.base import DispatcherError
@@ -175,7 +240,9 @@ def run_pilot(config: PilotConfig) -> int:
     log.info("pandapilot %s (%s) on %s, queue %s, dispatcher %s, job label %s", __version__, config.version_tag,
              ctx.node.host, queue.name, config.dispatcher, config.job_label)
     try:
-        code = Pilot(ctx).run()
+        code = run_recovery(ctx, config) if config.recovery or recover_only else None
+        if code is None:
+            code = ExitCode.OK if recover_only else Pilot(ctx).run()
     finally:
         dispatcher.close()
         if pcache is not None:
@@ -214,7 +281,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             from pilot.demo import run_demo
 
             return run_demo(args.dir)
-        return run_pilot(config_from_args(args))
+        if args.command == "releases":
+            return list_releases(args)
+        return run_pilot(config_from_args(args), recover_only=args.command == "recover")
     except KeyboardInterrupt:
         return 128 + 2
     except Exception:  # the last line of defence: a traceback in the log and the documented code

@@ -22,6 +22,8 @@ class QueueConfig:
     # data movement
     copytool: str = "local"
     copytoolin: str = ""  # stage-in mover, overrides copytool
+    copytools: str = ""  # ordered movers (comma-separated), each the fallback of the one before
+    copytoolsin: str = ""  # the same for stage-in
     copysetup: str = ""  # a setup script sourced before a mover's commands
     copysetupin: str = ""
     copyprefix: str = ""  # "from^to" rewrites, comma-separated
@@ -34,7 +36,11 @@ class QueueConfig:
     stageout_retries: int = 2
     transfer_retry_wait: float = 10.0  # s between transfer attempts
     maxinputsize: int = 0  # MB of inputs a job may bring in; 0: no limit
+    maxinputsize_overrides: list = field(default_factory=list)  # [{taskID|processingType|dataset, maxinputsize}]
     allowdirectaccess: bool = False
+    link_inputs: bool = False  # the local mover hard-links inputs instead of copying (a read-only SE)
+    transfer_threads: int = 4  # files moved at once
+    prepare_timeout: float = 3600.0  # s to wait for a prepare phase (tape recall, stager) to bring inputs online
     # the node's file cache (pilot/pcache.py); off when `pcache` (its directory) is unset
     pcache: str = ""
     pcache_limit: str = "80%"  # bytes (e.g. 20G) or a percentage of the cache's disk
@@ -46,7 +52,14 @@ class QueueConfig:
     pcache_report_max: int = 1000  # cached files named in a job request; above, a digest is sent
     # the payload
     setup: str = ""  # a shell snippet sourced before the payload (release setup)
+    appdir: str = ""  # where releases live: one root or several, comma-separated (<root>/<platform>/<release>)
+    envsetup: str = ""  # the release setup script: relative to the release's directory, or absolute
     corecount: int = 0  # cores per job if the job does not say
+    # analysis transformations: downloaded only from these base URLs
+    trf_trusted_urls: list = field(default_factory=list)
+    trf_max_size: int = 50  # MB
+    trf_timeout: float = 60.0  # s per attempt
+    trf_retries: int = 3
     # who the payload runs as (pilot.identity)
     identity: str = "none"  # none | uid | glexec
     sandbox: str = ""  # bubblewrap: hide the pilot's files from the payload
@@ -65,6 +78,8 @@ class QueueConfig:
     maxwdir: int = 0  # MB the work dir may grow to, when the job gives no maxDiskCount
     min_free_disk: int = 200  # MB that must stay free under the work dir
     max_stdout: int = 2048  # MB of payload stdout
+    log_gzip_level: int = 1  # gzip level of the log tarball: 1 packs a 500 MB stdout several times faster than 9
+    log_stdout_max: int = 100  # MB of the payload's stdout (and stderr) kept in the log tarball, their ends; 0: all
     looping_limit_production: int = 12 * 3600  # s without a file change in the work dir
     looping_limit_analysis: int = 3 * 3600
     looping_limit_min: int = 2 * 3600
@@ -72,11 +87,14 @@ class QueueConfig:
     kill_grace: float = 30.0  # s between SIGTERM and SIGKILL
     # how often each check runs (s)
     memory_check_interval: float = 60.0
+    memory_first_check: float = 1.0  # s to the first memory sample, the gap doubling up to the interval (0: off)
     disk_check_interval: float = 300.0
     looping_check_interval: float = 600.0
     stdout_check_interval: float = 60.0
     heartbeat: float = 1800.0
     debug_heartbeat: float = 60.0  # after the server's "debug" command
+    # job recovery: where else to look for jobs dead pilots left (besides the pilot's work directory)
+    recovery_dir: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -92,6 +110,8 @@ class QueueConfig:
             values[key] = _coerce(key, raw, type(getattr(cls(), key)))
             if key in POSITIVE and values[key] <= 0:
                 raise ValueError(f"queue setting {key}={raw!r} must be greater than 0")
+            if key == "log_gzip_level" and not 0 <= values[key] <= 9:
+                raise ValueError(f"queue setting {key}={raw!r} is not a gzip level (0-9)")
         if extra:
             log.warning("queue %s: settings not used by this pilot: %s", name, ", ".join(sorted(extra)))
         return cls(extra=extra, **values)
@@ -120,6 +140,16 @@ class QueueConfig:
     def stagein_mover(self) -> str:
         return self.copytoolin or self.copytool
 
+    def movers(self, direction: str) -> list[str]:
+        """The ordered mover names for a direction ("in"/"out"): copytoolsin > copytoolin > copytools >
+        copytool for stage-in, copytools > copytool for stage-out."""
+        if direction == "in":
+            chosen = self.copytoolsin or self.copytoolin or self.copytools or self.copytool
+        else:
+            chosen = self.copytools or self.copytool
+        names = [name.strip() for name in chosen.split(",") if name.strip()]
+        return list(dict.fromkeys(names))
+
     def rewrites(self, direction: str) -> list[tuple[str, str]]:
         spec = (self.copyprefixin if direction == "in" and self.copyprefixin else self.copyprefix) or ""
         pairs = []
@@ -130,7 +160,7 @@ class QueueConfig:
         return pairs
 
 
-POSITIVE = frozenset({"heartbeat", "debug_heartbeat"})  # 0 would mean a flood of updates
+POSITIVE = frozenset({"heartbeat", "debug_heartbeat", "transfer_threads"})  # 0 would mean a flood of updates
 
 
 def _coerce(key: str, raw: Any, kind: type) -> Any:
@@ -148,6 +178,14 @@ def _coerce(key: str, raw: Any, kind: type) -> Any:
             return int(number)
         if kind is float:
             return float(raw)
+        if kind is list:
+            if isinstance(raw, str):
+                return [item.strip() for item in raw.split(",") if item.strip()]
+            if isinstance(raw, list):
+                return raw
+            if raw is None:
+                return []
+            raise bad
         return "" if raw is None else str(raw)
     except (TypeError, ValueError, OverflowError):
         raise bad from None
@@ -177,6 +215,8 @@ class PilotConfig:
     stop_file: Optional[Path] = None
     heartbeat: Optional[float] = None  # overrides the queue's
     keep_workdirs: bool = False
+    recovery: bool = True  # recover jobs dead pilots left before taking new ones
+    lost_heartbeat: float = 0.0  # embedded dispatcher: s without an update before a claimed job is lost
     pilot_id: str = ""  # as sent: `<id>|<version tag>|<version>`
     version_tag: str = "PR"  # PR, RC, RCM, ALRB, PT (pilot/versiontag.py)
     batch_id: Optional[str] = None  # the batch system's job id (Slurm, HTCondor, ...)

@@ -1,7 +1,8 @@
 """The life of one job, start to end: a table of steps (STEPS), walked in order.
 
     step       what runs                                   journal mark     state shown
-    stagein    the inputs come in                          staged_in        starting (sent before)
+    setup      release check, input policy, analysis trf   (stage-in's)     starting (sent before)
+    stagein    the inputs come in                          staged_in        starting
     payload    the payload runs under watch                payload_done     running (sent once started)
     stageout   the outputs go out                          outputs_done     transferring (next heartbeat)
     log        the log tarball goes out                    staged_out       transferring
@@ -30,18 +31,30 @@ from typing import Any, Optional
 
 from pilot.config import PilotConfig, QueueConfig
 from pilot.control import Control, signal_error
+from pilot.diskspace import give_back_reserve, local_space_error
 from pilot.dispatcher.base import Dispatcher, DispatcherError, FailureKind
 from pilot.errors import ErrorCode, PilotError
 from pilot.heartbeat import Heartbeat, Reporter
 from pilot.identity import Launcher, make_launcher
+from pilot.inputpolicy import check_inputs
 from pilot.job import Job, parse_job
 from pilot.journal import Journal, current_owner
 from pilot.layout import JobDir
 from pilot.monitor import Limits, Monitor, watch
 from pilot.node import NodeInfo
-from pilot.payload import Payload, build_command, payload_env, process_identity
+from pilot.payload import Payload, build_command, cores_for, payload_env, process_identity
 from pilot.pcache import Pcache
 from pilot.proctrack import CgroupTracker, new_tracker
+from pilot.release import (
+    Release,
+    find_release,
+    log_setup_output,
+    needs_wrapper,
+    release_env,
+    setup_failure,
+    wrap,
+    write_wrapper,
+)
 from pilot.report import (
     FinalReport,
     JobFacts,
@@ -50,8 +63,11 @@ from pilot.report import (
     last_line,
     make_log_tarball,
     send_final,
+    tail,
+    utc,
 )
 from pilot.staging import Stager, Transferred
+from pilot.transform import Downloader, is_url
 from sitemovers.checksum import Checksum
 from sitemovers.registry import Registry
 
@@ -116,6 +132,7 @@ class Step:
     announce: str  # "send" an update before it, "enter" it for the next heartbeat, "started": the step
     #                sends it once its work has started, "final": the heartbeat stops before it
     always: bool = False  # runs even after the job failed
+    lost_code: Optional[ErrorCode] = None  # what its failure means in a recovered (lost) job
 
 
 class JobRun:
@@ -133,8 +150,13 @@ class JobRun:
         self.exit_code: Optional[int] = None
         self.report: Optional[FinalReport] = None
         self.reported = False
+        self.recovering = False
         self.stager = Stager(ctx.queue, ctx.registry, ctx.control.cancel)
         self.journal: Journal
+        self.cores = cores_for(job, ctx.queue)
+        self.release: Optional[Release] = None
+        self.transformation: Optional[Path] = None  # an analysis job's downloaded script
+        self.prepared = False  # the setup step ran (a job resumed after stage-in does it again)
 
     # --- the ways in ----------------------------------------------------------------------------------
     def run(self) -> JobResult:
@@ -154,16 +176,19 @@ class JobRun:
             return self._walk()
 
     @classmethod
-    def resume(cls, journal: Journal, ctx: PilotContext, error: Optional[PilotError] = None) -> JobResult:
+    def resume(cls, journal: Journal, ctx: PilotContext, error: Optional[PilotError] = None,
+               recovering: bool = False) -> JobResult:
         """Re-enter the job of `journal` (its work dir is the journal's) at the step it reached. `error`
-        fails the job from here on (e.g. its payload never ended). Raises JobDefinitionError when the
-        journal's job definition is not a valid one."""
+        fails the job from here on (e.g. its payload never ended). When `recovering` a job its pilot
+        lost, a step that fails now fails the job with that step's lost-job code (1154, 1155). Raises
+        JobDefinitionError when the journal's job definition is not a valid one."""
         run = cls(parse_job(journal.job), ctx, journal.path.parent)
         run.journal = journal
+        run.recovering = recovering
         run.started = journal.steps.get("created", run.started)
         run.exit_code = journal.outcome.get("payload_done", {}).get("exit_code")
         if journal.error is not None:
-            run.error = PilotError(journal.error.get("code", ErrorCode.UNKNOWN), str(journal.error.get("diag", "")))
+            run.error = _error_of(journal.error.get("code"), journal.error.get("diag"))
         if error is not None:
             run._fail(error)
         with job_log(run.workdir):
@@ -209,14 +234,14 @@ class JobRun:
         except DispatcherError as exc:
             if exc.kind is FailureKind.AUTH:
                 raise
-            self._fail(exc)
+            self._fail(self._lost(step, exc))
             return
         except PilotError as exc:
-            self._fail(control.job_kill if control.job_kill is not None and not step.always else exc)
+            self._fail(control.job_kill if control.job_kill is not None and not step.always else self._lost(step, exc))
             return
         except Exception as exc:  # a pilot bug must still end in a report, not a lost job
             log.exception("unexpected error in job %d (%s)", self.job.panda_id, step.name)
-            self._fail(PilotError(ErrorCode.UNKNOWN_EXCEPTION, f"{type(exc).__name__}: {exc}"))
+            self._fail(self._lost(step, PilotError(ErrorCode.UNKNOWN_EXCEPTION, f"{type(exc).__name__}: {exc}")))
             return
         finally:
             self.timing[step.name] = self.timing.get(step.name, 0.0) + time.monotonic() - begin
@@ -229,22 +254,57 @@ class JobRun:
                 outcome["exit_code"] = self.exit_code
             self.journal.reach(step.mark, **outcome)
 
+    def _lost(self, step: Step, error: PilotError) -> PilotError:
+        if self.recovering and step.lost_code is not None:
+            return PilotError(step.lost_code, f"lost job, {step.name}: {error.code} {error.diag}")
+        return error
+
     def _fail(self, error: PilotError) -> None:
         if self.error is None:
+            error = local_space_error(error, self.workdir, tail(self.dirs.stderr, 4096)) or error
+            if error.code == ErrorCode.NO_LOCAL_SPACE:  # room for the journal, the log and the tarball
+                give_back_reserve(self.workdir.parent)
             self.error = error
             log.error("job %d failed: %d %s", self.job.panda_id, error.code, error.diag)
             self.journal.fail(int(error.code), error.diag)
 
     # --- steps ------------------------------------------------------------------------------------
+    def _setup(self) -> bool:
+        """Before anything is staged: the release is installed, the inputs fit the site's policy and the
+        disk, an analysis job's transformation comes from a trusted place. Its mark is stage-in's."""
+        self._find_release()
+        check_inputs(self.job, self.ctx.queue, self.dirs.payload,
+                     lambda lfn: self.journal.file_info("in", lfn) is not None)
+        self._fetch_transformation()
+        self.prepared = True
+        return False
+
+    def _find_release(self) -> None:
+        self.release = find_release(self.job, self.ctx.queue)
+        if self.release is not None:
+            log.info("release %s (%s) found in %s", self.release.name, self.release.platform, self.release.path)
+
+    def _fetch_transformation(self) -> None:
+        if is_url(self.job.transformation):
+            self.transformation = Downloader.for_queue(self.ctx.queue).fetch(self.job.transformation,
+                                                                             self.dirs.payload)
+
     def _stage_in(self) -> None:
         self.stager.stage_in(self.job, self.dirs.payload, self.journal)
 
     def _run_payload(self) -> None:
         control, queue, dirs = self.ctx.control, self.ctx.queue, self.dirs
         begin = time.monotonic()
-        argv = build_command(self.job, dirs.payload, queue)
+        if not self.prepared:
+            self._find_release()
+            self._fetch_transformation()
+        argv = build_command(self.job, dirs.payload, self.transformation)
+        wrapped = needs_wrapper(self.release, queue)
+        if wrapped:
+            argv = wrap(argv, write_wrapper(dirs, self.job.panda_id, queue))
         credentials = tuple(name.strip() for name in queue.payload_credentials.split(",") if name.strip())
-        env = payload_env(self.job, dirs.payload, dict(os.environ), credentials)
+        env = payload_env(self.job, dirs.payload, dict(os.environ), credentials, self.cores,
+                          release_env(self.job, self.release))
         try:
             self.launcher = self.ctx.launcher or make_launcher(queue, self.ctx.config.workdir)
         except ValueError as exc:
@@ -254,9 +314,9 @@ class JobRun:
         where = {"cgroup": str(tracker.path)} if isinstance(tracker, CgroupTracker) else {}
         self.journal.payload_started(**where)  # on disk before the payload exists: a later pilot can end it
         self.payload = Payload(launch.argv, dirs.payload, launch.env, tracker)
-        limits = Limits.for_job(self.job, queue, self.ctx.deadline)
+        limits = Limits.for_job(self.job, queue, self.ctx.deadline, self.cores)
         self.monitor = Monitor(self.payload, dirs.payload, limits, queue)
-        self.timing["setup"] = time.monotonic() - begin
+        self.timing["setup"] = self.timing.get("setup", 0.0) + time.monotonic() - begin
         if control.job_kill is not None:
             tracker.close()
             raise control.job_kill
@@ -264,6 +324,7 @@ class JobRun:
             self.payload.start(control.wake)
             assert self.payload.proc is not None
             self.journal.payload_started(**process_identity(self.payload.proc.pid), **where)
+            self.reporter.keep(core_count=self.cores, start_time=utc(self.started))
             self.reporter.try_send("running")
             reason = watch(self.payload, self.monitor, control)
         finally:
@@ -274,11 +335,16 @@ class JobRun:
                  self.payload.ended - self.payload.started)
         if reason is None and code is not None and code < 0 and control.stopping.wait(SIGNAL_SETTLE):
             reason = signal_error(control.signum or -code)
+        if wrapped:
+            log_setup_output(dirs.setup_log)
+        failed_setup = setup_failure(dirs.setup_log, self.exit_code) if wrapped and self.exit_code else None
         launcher_error = self.launcher.exit_error(self.exit_code)
         if reason is not None:
             self._fail(reason)
         elif launcher_error is not None:
             self._fail(launcher_error)
+        elif failed_setup is not None:
+            self._fail(failed_setup)
         elif self.exit_code != 0:
             detail = last_line(dirs.stderr)
             self._fail(PilotError(ErrorCode.PAYLOAD_FAILED,
@@ -304,11 +370,15 @@ class JobRun:
             return  # shipped before (a resumed job)
         stager = Stager(self.ctx.queue, self.ctx.registry, threading.Event())
         try:
-            tarball = make_log_tarball(self.dirs, self.job.log.lfn)
+            queue = self.ctx.queue
+            tarball = make_log_tarball(self.dirs, self.job.log.lfn, queue.log_gzip_level,
+                                       queue.log_stdout_max << 20)
             stager.stage_out(self.job, [(self.job.log, tarball)], self.journal)
         except PilotError as exc:
             log.error("log of job %d not shipped: %s", self.job.panda_id, exc.diag)
-            self._fail(exc if exc.code == ErrorCode.LOGFILE_CREATION else PilotError(exc.code, f"log: {exc.diag}"))
+            if exc.code == ErrorCode.LOGFILE_CREATION:
+                raise
+            raise PilotError(exc.code, f"log: {exc.diag}") from None
 
     def _final_report(self) -> bool:
         """Put the report together (or take the one a dead pilot already owed) and deliver it."""
@@ -317,7 +387,7 @@ class JobRun:
         else:
             self.report = final_report(self._facts())
             if self.error is None and self.report.state == "failed":  # the report itself could not be made
-                self.error = PilotError(self.report.error_code, str(self.report.fields.get("pilot_error_diag")))
+                self.error = _error_of(self.report.error_code, self.report.fields.get("pilot_error_diag"))
         self.reported = send_final(self.ctx.dispatcher, self.ctx.identity, self.report, self.journal)
         return self.reported
 
@@ -338,14 +408,17 @@ class JobRun:
 
     def _facts(self) -> JobFacts:
         facts = JobFacts(job=self.job, workdir=self.workdir, error=self.error, exit_code=self.exit_code,
-                         files=self._stored(), timing=self.timing, started=self.started,
-                         bytes_in=self._bytes("in"), bytes_out=self._bytes("out"))
+                         files=self._stored(), timing=self.timing, started=self.started, cores=self.cores,
+                         cpu_model=self.ctx.node.cpu_model,
+                         bytes_in=self._bytes("in"), bytes_out=self._bytes("out"),
+                         journal_unsaved=self.journal.save_failures, journal_error=self.journal.save_error)
         payload, monitor = self.payload, self.monitor
         if payload is not None and payload.proc is not None:
             facts.cpu_seconds = payload.cpu_seconds
-            facts.max_rss_kb = max(payload.max_rss_kb, monitor.max_rss_kb if monitor else 0)
-        if monitor is not None:
-            facts.max_pss_kb, facts.max_vmem_kb = monitor.max_pss_kb, monitor.max_vmem_kb
+            facts.wall_seconds = max(0.0, (payload.ended or time.time()) - payload.started)
+        if monitor is not None:  # the payload's own tree, this job only
+            facts.max_rss_kb, facts.max_pss_kb = monitor.max_rss_kb, monitor.max_pss_kb
+            facts.max_vmem_kb, facts.max_swap_kb = monitor.max_vmem_kb, monitor.max_swap_kb
         return facts
 
     def _result(self) -> JobResult:
@@ -363,11 +436,24 @@ class JobRun:
         )
 
 
+def _error_of(code: Any, diag: Any) -> PilotError:
+    """A job error as a journal or report keeps it (a code the table lacks reads as a general error)."""
+    try:
+        return PilotError(ErrorCode(int(code)), str(diag or ""))
+    except (TypeError, ValueError):
+        return PilotError(ErrorCode.GENERAL, f"error {code!r}: {diag or ''}")
+
+
 STEPS: tuple[Step, ...] = (
-    Step("stagein", JobRun._stage_in, "staged_in", "starting", "send"),
-    Step("payload", JobRun._run_payload, "payload_done", "running", "started"),
-    Step("stageout", JobRun._stage_out_outputs, "outputs_done", "transferring", "enter"),
-    Step("log", JobRun._ship_log, "staged_out", "transferring", "enter", always=True),
+    Step("setup", JobRun._setup, "staged_in", "starting", "send",  # release, input policy, transformation
+         lost_code=ErrorCode.LOST_JOB_NOT_FINISHED),
+    Step("stagein", JobRun._stage_in, "staged_in", "starting", "enter", lost_code=ErrorCode.LOST_JOB_NOT_FINISHED),
+    Step("payload", JobRun._run_payload, "payload_done", "running", "started",
+         lost_code=ErrorCode.LOST_JOB_NOT_FINISHED),
+    Step("stageout", JobRun._stage_out_outputs, "outputs_done", "transferring", "enter",
+         lost_code=ErrorCode.LOST_JOB_FILE_TRANSFER),
+    Step("log", JobRun._ship_log, "staged_out", "transferring", "enter", always=True,
+         lost_code=ErrorCode.LOST_JOB_LOG_REGISTRATION),
     Step("report", JobRun._final_report, "reported", None, "final", always=True),
 )
 

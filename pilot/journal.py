@@ -6,12 +6,20 @@ error), which files are already transferred, which final report is still owed to
 owned the job (to tell a dead pilot from a live one) and which processes the payload was (to end what
 is left of them). The job's definition, which can be large, is written once beside it (`jobdef.json`,
 named by the journal's `definition`), not again at every step.
+
+File records are events appended to `journal.files.jsonl` beside it (one JSON object per line), so the
+cost per file stays flat however many files a job has: an output's event is fsynced before the
+stage-out returns (exactly once: a resumed job never sends it again), an input's is made durable with
+the next step (a lost input record only means fetching it again). `load` folds the events into `files`
+(a torn last line, from a crash mid-write, is ignored); `save` keeps a snapshot of `files` in
+journal.json as well.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
 import os
 import socket
@@ -21,10 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from pilot.fsutil import atomic_write_json, loads_json, read_capped
-from pilot.layout import JOB_DEFINITION, JOURNAL
+from pilot.fsutil import UntrustedFile, atomic_write_json, fsync_dir, loads_json, read_capped
+from pilot.layout import JOB_DEFINITION, JOURNAL, JOURNAL_FILES
 
 log = logging.getLogger(__name__)
+
+MAX_EVENTS_BYTES = 256 << 20  # a file-event log larger than this is not read (it cannot be the pilot's)
 
 
 # The steps of a job's life, in order.
@@ -124,7 +134,12 @@ class Journal:
                 and isinstance(journal.payload, dict) and isinstance(journal.outcome, dict)
                 and isinstance(journal.updated, (int, float))):
             raise ValueError("journal fields of the wrong type")
+        journal.files.update(read_events(journal.events_path))
         return journal
+
+    @property
+    def events_path(self) -> Path:
+        return self.path.with_name(JOURNAL_FILES)
 
     def _save_definition(self) -> None:
         if not self._definition_saved:
@@ -154,6 +169,7 @@ class Journal:
         if step not in STEPS:
             raise ValueError(f"unknown journal step {step!r}")
         with self._lock:
+            self.sync()
             self.step = step
             self.steps[step] = time.time()
             if outcome:
@@ -185,10 +201,47 @@ class Journal:
             self.state = state
             self.save()
 
-    def file_done(self, direction: str, lfn: str, **info: Any) -> None:
+    def file_done(self, direction: str, lfn: str, durable: bool = True, **info: Any) -> None:
+        """Record a transferred file: one appended event (fsynced when `durable`), nothing rewritten."""
+        key = f"{direction}:{lfn}"
+        entry = {"status": "done", **info}
+        line = (json.dumps({"key": key, **entry}, sort_keys=True) + "\n").encode()
         with self._lock:
-            self.files[f"{direction}:{lfn}"] = {"status": "done", **info}
-            self.save()
+            self.files[key] = entry
+            try:
+                fd = self._open_events()
+                try:
+                    os.write(fd, line)
+                    if durable:
+                        os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                log.error("journal file event %s not saved: %s", key, exc)
+
+    def _open_events(self) -> int:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            return os.open(self.events_path, flags)
+        except FileNotFoundError:
+            fd = os.open(self.events_path, flags | os.O_CREAT | os.O_EXCL, 0o644)
+            fsync_dir(self.events_path.parent)  # the new name itself survives a crash
+            return fd
+
+    def sync(self) -> None:
+        """Make every file event durable (before a step that counts on them)."""
+        with self._lock:
+            try:
+                fd = os.open(self.events_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return
+            except OSError as exc:
+                log.error("journal file events %s not synced: %s", self.events_path, exc)
+                return
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def file_info(self, direction: str, lfn: str) -> Optional[dict[str, Any]]:
         with self._lock:
@@ -212,6 +265,28 @@ class Journal:
 
     def has_reached(self, step: str) -> bool:
         return STEPS.index(self.step) >= STEPS.index(step)
+
+
+def read_events(path: Path) -> dict[str, dict[str, Any]]:
+    """The file events folded into {key: entry}; later events win; a line that is not a whole JSON
+    object (a crash mid-append) is skipped. Never follows a link, never reads more than the cap."""
+    try:
+        data = read_capped(path, MAX_EVENTS_BYTES)
+    except FileNotFoundError:
+        return {}
+    except (UntrustedFile, OSError) as exc:
+        log.error("journal file events %s not read: %s", path, exc)
+        return {}
+    files: dict[str, dict[str, Any]] = {}
+    for raw in data.split(b"\n")[:-1]:  # the last piece is empty or a torn line
+        try:
+            event = loads_json(raw)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and isinstance(event.get("key"), str):
+            key = event.pop("key")
+            files[key] = event
+    return files
 
 
 def _is_int(value: Any) -> bool:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from pilot.diskspace import space_shortage
 from pilot.dispatcher.base import DispatcherError, FailureKind, JobRequest
 from pilot.errors import ExitCode
 from pilot.identity import needs_user_proxy
@@ -103,6 +104,10 @@ class Pilot:
             if reason is not None:
                 log.info("pilot stops: %s", reason)
                 break
+            short = space_shortage(ctx.config.workdir, ctx.queue.min_free_disk + ctx.queue.maxwdir)
+            if short is not None:  # checked before every job: after a job that filled the disk, too
+                log.error("pilot stops: %s", short)
+                return self._signal_exit() or ExitCode.NO_SPACE
             asked = time.monotonic()
             log.debug("asking %s for a job", ctx.dispatcher.name)
             try:

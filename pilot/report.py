@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from pilot.diskspace import QuietFileHandler
 from pilot.dispatcher.base import Dispatcher, DispatcherError, FailureKind, JobUpdate
 from pilot.errors import ErrorCode, PilotError, one_line
 from pilot.fsutil import UntrustedFile, loads_json, open_untrusted, read_capped, tail_untrusted
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s | %(message)s"
 MAX_JOB_REPORT = 4 * 2**20  # a bigger job report is not sent as metaData
 TIMING_KEYS = ("getjob", "stagein", "payload", "stageout", "setup")
+CPU_UNIT_MAX = 128  # characters the server's cpuConsumptionUnit column holds
 
 
 @contextlib.contextmanager
@@ -43,7 +45,7 @@ def job_log(workdir: Path) -> Iterator[Path]:
     """Everything the pilot logs while this job runs also goes to the job's own log file."""
     path = workdir / PILOT_LOG
     try:
-        handler: Optional[logging.Handler] = logging.FileHandler(path, encoding="utf-8")
+        handler: Optional[logging.Handler] = QuietFileHandler(path)  # a full disk cannot break it
     except OSError as exc:
         log.error("no job log file %s: %s", path, exc)
         handler = None
@@ -88,20 +90,24 @@ def read_job_report(path: Path) -> Optional[dict[str, Any]]:
     return data
 
 
-def make_log_tarball(dirs: JobDir, name: str) -> Path:
+def make_log_tarball(dirs: JobDir, name: str, level: int = 1, stdout_max: int = 0) -> Path:
     """The job's logs as `name` (a .tgz) in the job's (pilot-private) dir, under a directory named after
-    it. Written to a new temporary name, renamed over whatever has the name (a planted link is replaced,
-    never followed). Members are opened without following links; a link or special file is left out."""
+    it, packed at gzip `level`; of the payload's stdout and stderr only the last `stdout_max` bytes are
+    kept (0: all). Written to a new temporary name, renamed over whatever has the name (a planted link is
+    replaced, never followed). Members are opened without following links; a link or special file is
+    left out."""
     target = dirs.root / name
     inner = name[: -len(".tgz")] if name.endswith(".tgz") else name
     inner = inner[: -len(".tar")] if inner.endswith(".tar") else inner
-    members = (dirs.pilot_log, dirs.stdout, dirs.stderr, dirs.job_report, dirs.journal)
+    members = (dirs.pilot_log, dirs.setup_log, dirs.stdout, dirs.stderr, dirs.job_report, dirs.journal)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=dirs.root)
         try:
-            with os.fdopen(fd, "wb") as handle, tarfile.open(fileobj=handle, mode="w:gz") as tar:
+            with os.fdopen(fd, "wb") as handle, \
+                    tarfile.open(fileobj=handle, mode="w:gz", compresslevel=level) as tar:
                 for path in members:
-                    _add_untrusted(tar, path, f"{inner}/{path.name}")
+                    keep = stdout_max if path in (dirs.stdout, dirs.stderr) else 0
+                    _add_untrusted(tar, path, f"{inner}/{path.name}", keep)
             os.replace(tmp, target)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -112,8 +118,9 @@ def make_log_tarball(dirs: JobDir, name: str) -> Path:
     return target
 
 
-def _add_untrusted(tar: tarfile.TarFile, path: Path, arcname: str) -> None:
-    """Add a regular file, read through the descriptor checked at open, never more than it had then."""
+def _add_untrusted(tar: tarfile.TarFile, path: Path, arcname: str, keep: int = 0) -> None:
+    """Add a regular file, read through the descriptor checked at open, never more than it had then; of
+    a larger file only its last `keep` bytes when keep > 0."""
     try:
         fd = open_untrusted(path)
     except FileNotFoundError:
@@ -124,6 +131,10 @@ def _add_untrusted(tar: tarfile.TarFile, path: Path, arcname: str) -> None:
     with os.fdopen(fd, "rb") as handle:
         info = tar.gettarinfo(arcname=arcname, fileobj=handle)
         info.uname = info.gname = ""
+        if keep and info.size > keep:
+            log.info("log tarball keeps the last %d of %d bytes of %s", keep, info.size, path.name)
+            handle.seek(info.size - keep)
+            info.size = keep
         tar.addfile(info, _Capped(handle, info.size))
 
 
@@ -152,6 +163,28 @@ def job_metrics(**metrics: Any) -> str:
 
 def utc(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
+
+
+def cpu_unit(model: str) -> str:
+    """The CPU time's unit as the server keeps it: seconds, and the CPU they were counted on."""
+    return f"s+{one_line(model)}"[:CPU_UNIT_MAX] if model.strip() else "s"
+
+
+def mean_cores(cpu_seconds: float, wall_seconds: float) -> Optional[int]:
+    """The cores the payload kept busy on average: its CPU time over its wall time (at least 1)."""
+    if wall_seconds <= 0:
+        return None
+    return max(1, int(round(cpu_seconds / wall_seconds)))
+
+
+def full_urls(report: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each output's storage URL with its scheme: a bare path a mover returned becomes a file:// URL
+    (taken literally, as the local mover reads it)."""
+    for entry in report.values():
+        surl = str(entry.get("surl", ""))
+        if surl.startswith("/"):
+            entry["surl"] = "file://" + surl
+    return report
 
 
 def _is_int32(value: Any) -> bool:
@@ -205,10 +238,16 @@ class JobFacts:
     started: float
     bytes_in: int = 0
     bytes_out: int = 0
+    cores: int = 0  # the cores the payload was given (0: the job's coreCount)
+    cpu_model: str = ""  # the node's CPU, sent with the CPU time's unit
     cpu_seconds: Optional[float] = None  # None: the payload's figures are not known (never ran, or recovered)
-    max_rss_kb: int = 0
+    wall_seconds: float = 0.0  # how long the payload ran
+    max_rss_kb: int = 0  # the payload's own process tree, this job only
     max_pss_kb: int = 0
     max_vmem_kb: int = 0
+    max_swap_kb: int = 0
+    journal_unsaved: int = 0  # saves of the journal that failed (a full disk): said in the report
+    journal_error: str = ""
 
 
 def final_report(facts: JobFacts) -> FinalReport:
@@ -233,21 +272,22 @@ def _all_fields(facts: JobFacts) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "trans_exit_code": facts.exit_code if facts.exit_code is not None else (0 if not failed else None),
         "pilot_error_code": int(error.code) if error is not None else 0,
-        "pilot_error_diag": error.diag if error is not None else None,
-        "core_count": job.core_count,
+        "pilot_error_diag": _diag(facts) if error is not None else None,
+        "core_count": facts.cores or job.core_count,
         "n_input_files": len(job.inputs),
         "start_time": utc(facts.started),
         "end_time": utc(time.time()),
-        "job_output_report": output_report(job, facts.files) if facts.files else None,
+        "job_output_report": full_urls(output_report(job, facts.files)) if facts.files else None,
         "pilot_timing": pilot_timing(facts.timing),
         "pilot_log": tail(dirs.pilot_log, 1024),
         "stdout": tail(dirs.stdout, 2048) or None,
     }
     if facts.cpu_seconds is not None:
-        fields.update(cpu_consumption_time=int(round(facts.cpu_seconds)), cpu_consumption_unit="s",
-                      cpu_conversion_factor=1.0)
-        fields["max_rss"] = max(facts.max_rss_kb, 0) or None
-    fields.update(max_pss=facts.max_pss_kb or None, max_vmem=facts.max_vmem_kb or None)
+        fields.update(cpu_consumption_time=int(round(facts.cpu_seconds)),
+                      cpu_consumption_unit=cpu_unit(facts.cpu_model), cpu_conversion_factor=1.0,
+                      mean_core_count=mean_cores(facts.cpu_seconds, facts.wall_seconds))
+    fields.update(max_rss=facts.max_rss_kb or None, max_pss=facts.max_pss_kb or None,
+                  max_vmem=facts.max_vmem_kb or None, max_swap=facts.max_swap_kb or None)
     if job_report is not None:
         fields["meta_data"] = json.dumps(job_report)
         exit_code, events = job_report.get("exitCode"), job_report.get("nEvents")
@@ -256,9 +296,17 @@ def _all_fields(facts: JobFacts) -> dict[str, Any]:
             fields["exe_error_diag"] = one_line(str(job_report.get("exitMsg", "")))
         if _is_int32(events) and events >= 0:
             fields["n_events"] = events
-    fields["job_metrics"] = job_metrics(coreCount=job.core_count, nInputFiles=len(job.inputs),
-                                        bytesIn=facts.bytes_in, bytesOut=facts.bytes_out)
+    fields["job_metrics"] = job_metrics(coreCount=facts.cores or job.core_count, nInputFiles=len(job.inputs),
+                                        bytesIn=facts.bytes_in, bytesOut=facts.bytes_out,
+                                        journalUnsaved=facts.journal_unsaved or None)
     return {k: v for k, v in fields.items() if v is not None}
+
+
+def _diag(facts: JobFacts) -> str:
+    assert facts.error is not None
+    if not facts.journal_unsaved:
+        return facts.error.diag
+    return one_line(f"{facts.error.diag} (journal not saved {facts.journal_unsaved}x: {facts.journal_error})")
 
 
 def _essential_fields(facts: JobFacts) -> dict[str, Any]:
@@ -267,7 +315,7 @@ def _essential_fields(facts: JobFacts) -> dict[str, Any]:
     if facts.exit_code is not None:
         fields["trans_exit_code"] = facts.exit_code
     try:
-        fields["job_output_report"] = output_report(facts.job, facts.files)
+        fields["job_output_report"] = full_urls(output_report(facts.job, facts.files))
     except Exception:
         log.exception("no output report for job %d", facts.job.panda_id)
     return fields

@@ -41,7 +41,7 @@ def make_dispatcher(config: PilotConfig, stopping: threading.Event) -> Dispatche
         )
     from pilot.dispatcher.local import LocalDispatcher
 
-    return LocalDispatcher(Path(config.dispatcher))
+    return LocalDispatcher(Path(config.dispatcher), lost_heartbeat=config.lost_heartbeat)
 
 
 class StopAwareSleep:

@@ -17,6 +17,12 @@ Anyone may write the directory, so every file in it is untrusted: opened without
 blocking, checked to be a regular file, read with a cap, parsed with bounded depth.
 A claim costs the same with 10 or 50,000 waiting jobs: the directory is listed once into a queue of
 candidates that this process works through, and listed again only when the queue runs dry (or is old).
+
+Lost heartbeats (when `lost_heartbeat` is set): as a PanDA server does, a claimed job with no update
+for that many seconds is failed ("lost heartbeat") in its history and, while attempts remain (the job's
+`maxAttempt`, default 3), offered again as a new job file with the next `attemptNr`; its claimed file
+becomes `claimed/<name>.lost-<attempt>`. A pilot that later recovers the old attempt finds the attempt
+moved on and only cleans up.
 """
 
 from __future__ import annotations
@@ -57,6 +63,10 @@ def parse_push_file(text: str) -> list[dict[str, Any]]:
     return [dict(parse_qsl(text, keep_blank_values=True))]
 
 
+FINAL_STATES = frozenset({"finished", "failed", "cancelled", "closed"})
+DEFAULT_MAX_ATTEMPTS = 3
+
+
 @dataclass
 class ParseFailure:
     """A job file that did not parse: maybe still being written, so it is tried again before rejection."""
@@ -75,8 +85,9 @@ class LocalDispatcher(Dispatcher):
     settle_seconds = 10.0  # ...unchanged, and last modified at least this long ago
     rescan_seconds = 60.0  # a queue of candidates older than this is listed afresh
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, lost_heartbeat: float = 0.0) -> None:
         self.root = Path(directory)
+        self.lost_heartbeat = lost_heartbeat  # s without an update before a claimed job is lost; 0: never
         for sub in ("claimed", "rejected", "history", "commands"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self._candidates: collections.deque[str] = collections.deque()
@@ -141,6 +152,8 @@ class LocalDispatcher(Dispatcher):
 
     def get_job(self, request: JobRequest) -> Optional[dict[str, str]]:
         self._split_push_file()
+        if self.lost_heartbeat > 0:
+            self.retry_lost()
         stale = time.monotonic() - self._listed > self.rescan_seconds
         if not self._candidates or stale:
             self._list()
@@ -201,6 +214,7 @@ class LocalDispatcher(Dispatcher):
             return None  # another pilot claimed it between our read and our rename
         except OSError as exc:
             raise DispatcherError(FailureKind.SERVER, f"cannot claim {name}: {exc.strerror}") from None
+        os.utime(claimed)  # the claim's time: a job that never reports is lost from then on
         log.info("claimed job file %s", name)
         return {str(k): "NULL" if v is None else (v if isinstance(v, str) else _text(v)) for k, v in job.items()}
 
@@ -293,12 +307,57 @@ class LocalDispatcher(Dispatcher):
                 records.append(record)
         return records
 
+    # --- lost heartbeats ------------------------------------------------------------------------------
+    def retry_lost(self, now: Optional[float] = None) -> list[int]:
+        """Fail the claimed jobs whose pilot went silent and offer each again with the next attemptNr
+        while attempts remain; returns their PandaIDs. Two pilots never handle one job: the claimed
+        file is renamed away first."""
+        now = time.time() if now is None else now
+        lost = []
+        for claimed in (self.root / "claimed").glob("*.json"):
+            try:
+                job = loads_json(read_capped(claimed, MAX_JOB_FILE), max_bytes=MAX_JOB_FILE)
+                panda_id, attempt = int(job["PandaID"]), int(job.get("attemptNr") or 1)
+                mine = [h for h in self.history(panda_id) if h.get("attempt_nr", attempt) == attempt]
+                last = mine[-1] if mine else {}
+                if last.get("job_status") in FINAL_STATES:
+                    continue
+                active = max(float(last.get("time", 0.0)), claimed.stat().st_mtime)
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if now - active < self.lost_heartbeat:
+                continue
+            try:
+                os.rename(claimed, claimed.with_name(f"{claimed.name}.lost-{attempt}"))
+            except FileNotFoundError:
+                continue  # another pilot handles it
+            diag = f"lost heartbeat: no update for {int(now - active)} s"
+            append_line(self._history(panda_id), json.dumps(
+                {"time": now, "job_id": panda_id, "job_status": "failed", "attempt_nr": attempt,
+                 "job_dispatcher_error_diag": diag}, sort_keys=True))
+            maximum = _int(job.get("maxAttempt"), DEFAULT_MAX_ATTEMPTS)
+            if attempt < maximum:
+                atomic_write_json(self.root / f"{panda_id}.json", {**job, "attemptNr": str(attempt + 1)})
+                log.warning("job %d attempt %d: %s; offered again as attempt %d", panda_id, attempt, diag,
+                            attempt + 1)
+            else:
+                log.warning("job %d attempt %d: %s; no attempts left", panda_id, attempt, diag)
+            lost.append(panda_id)
+        return lost
+
     def job_status(self, job_id: int) -> JobStatus:
         history = self.history(job_id)
         if not history:
             return JobStatus(job_id, "unknown")
         last = history[-1]
         return JobStatus(job_id, last.get("job_status", "unknown"), last.get("attempt_nr"), self._command(job_id))
+
+
+def _int(value: Any, default: int) -> int:
+    try:
+        return int(str(value))
+    except (TypeError, ValueError):
+        return default
 
 
 def _number(text: Any) -> Any:

@@ -294,6 +294,31 @@ def test_job_status_from_the_last_history_line(dispatcher, root):
     assert (status.job_id, status.status, status.attempt_nr, status.command) == (5, "holding", 3, Command.SOFTKILL)
 
 
+def test_a_claimed_job_whose_heartbeat_is_lost_is_failed_and_offered_again(tmp_path):
+    jobs = LocalDispatcher(tmp_path, lost_heartbeat=60)
+    (tmp_path / "8.json").write_text(json.dumps({"PandaID": "8", "attemptNr": "1", "maxAttempt": "2"}))
+    first = jobs.get_job(REQUEST)
+    assert first["attemptNr"] == "1"
+    jobs.update_job(JobUpdate(job_id=8, job_status="running", attempt_nr=1))
+    assert jobs.retry_lost(now=time.time() + 5) == [], "not lost yet"
+    assert jobs.retry_lost(now=time.time() + 120) == [8]
+    assert jobs.history(8)[-1]["job_status"] == "failed" and "lost heartbeat" in jobs.history(8)[-1][
+        "job_dispatcher_error_diag"]
+    again = jobs.get_job(REQUEST)
+    assert again["attemptNr"] == "2" and jobs.job_status(8).attempt_nr == 1
+    assert jobs.retry_lost(now=time.time() + 120) == [8], "the second attempt is lost too"
+    assert jobs.get_job(REQUEST) is None, "no attempts left"
+    assert jobs.retry_lost(now=time.time() + 999) == [], "each attempt is failed once"
+
+
+def test_a_finished_job_is_never_lost(tmp_path):
+    jobs = LocalDispatcher(tmp_path, lost_heartbeat=60)
+    (tmp_path / "9.json").write_text(json.dumps({"PandaID": "9"}))
+    jobs.get_job(REQUEST)
+    jobs.update_job(JobUpdate(job_id=9, job_status="finished", attempt_nr=1))
+    assert jobs.retry_lost(now=time.time() + 10_000) == []
+
+
 @pytest.mark.parametrize("make", [
     lambda p: os.mkfifo(p),
     lambda p: os.symlink("/dev/zero", p),
