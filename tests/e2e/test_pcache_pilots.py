@@ -46,7 +46,8 @@ def test_concurrent_pilots_transfer_each_file_once(cached_site: Site, started) -
         site.add_job(100 + n, script=checked(files), inputs=tuple(spec for spec, _ in files))
     for number in range(4):
         started.append(site.start("--workdir", str(site.root / f"work{number}")))
-    assert [proc.wait(timeout=300) for proc in started] == [ExitCode.OK] * 4
+    codes = [proc.wait(timeout=300) for proc in started]
+    assert set(codes) <= {ExitCode.OK, ExitCode.NO_JOBS} and ExitCode.OK in codes  # a late pilot may find none
     for panda_id in jobs:
         assert site.final(panda_id)["job_status"] == "finished", site.final(panda_id)
     counters = cache_of(site).counters()
