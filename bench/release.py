@@ -25,6 +25,7 @@ from bench.run import pilot_argv  # noqa: E402
 from pilot.config import QueueConfig  # noqa: E402
 from pilot.dispatcher.local import LocalDispatcher  # noqa: E402
 from pilot.job import parse_job  # noqa: E402
+from pilot.layout import JobDir  # noqa: E402
 from pilot.release import find_release, wrap, write_wrapper  # noqa: E402
 
 PLATFORMS = ("x86_64-el9-gcc13-opt", "x86_64-el8-gcc11-opt", "aarch64-el9-gcc13-opt")
@@ -56,27 +57,28 @@ def micro(runs: int) -> None:
                          "cmtConfig": PLATFORMS[0]})
         check = median_ms(lambda: find_release(job, queue), runs)
         print(f"(a) release check among {len(PLATFORMS) * 50} releases: median {check:.3f} ms")
-        work = root / "work"
-        work.mkdir()
+        dirs = JobDir(root / "job")
+        dirs.payload.mkdir(parents=True)
+        work = dirs.payload
 
         def write() -> None:
-            write_wrapper(work, 1, queue)
+            write_wrapper(dirs, 1, queue)
 
         writing = median_ms(write, runs)
         release = find_release(job, queue)
         assert release is not None
         env = {"PATH": "/usr/bin:/bin", "PANDA_ENVSETUP": release.setup, "PANDA_SWRELEASE": job.sw_release,
                "PANDA_CMTCONFIG": release.platform, "PANDA_HOMEPACKAGE": ""}
-        wrapped = wrap(["/bin/true"], work / "pilot_wrapper.sh")
+        wrapped = wrap(["/bin/true"], dirs.release_wrapper)
         bare = median_ms(lambda: subprocess.run(["/bin/true"], env=env, cwd=work, check=True), runs)
         through = median_ms(lambda: subprocess.run(wrapped, env=env, cwd=work, check=True), runs)
         print(f"(b) wrapper: written in {writing:.3f} ms; payload through it {through:.2f} ms vs bare {bare:.2f} ms: "
               f"+{through - bare + writing + check:.2f} ms per job (check + write + run)")
 
 
-def end_to_end(jobs: int) -> None:
-    gaps = {}
-    for kind in ("bare", "release"):
+def end_to_end(jobs: int, rounds: int) -> None:
+    gaps: dict[str, list[float]] = {"bare": [], "release": []}
+    for kind in ("bare", "release") * rounds:  # interleaved: a load change hits both kinds alike
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp)
             jobdir, se = root / "jobs", root / "se"
@@ -96,18 +98,20 @@ def end_to_end(jobs: int) -> None:
             finals = [dispatcher.history(1000 + i)[-1] for i in range(jobs)]
             assert all(f["job_status"] == "finished" for f in finals), [f.get("pilot_error_diag") for f in finals]
             times = [f["time"] for f in finals]
-            gaps[kind] = statistics.median(b - a for a, b in zip(times, times[1:]))
-    print(f"(c) per job, {jobs} trivial jobs: bare {gaps['bare'] * 1000:.0f} ms, in a release "
-          f"{gaps['release'] * 1000:.0f} ms: +{(gaps['release'] - gaps['bare']) * 1000:.0f} ms per job")
+            gaps[kind].extend(b - a for a, b in zip(times, times[1:]))
+    bare, release = statistics.median(gaps["bare"]) * 1000, statistics.median(gaps["release"]) * 1000
+    print(f"(c) per job (median of {len(gaps['bare'])} gaps each, {rounds} interleaved rounds of {jobs} trivial "
+          f"jobs): bare {bare:.0f} ms, in a release {release:.0f} ms: {release - bare:+.0f} ms per job")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=50, help="repetitions of each micro measurement")
     parser.add_argument("--jobs", type=int, default=20, help="jobs per end-to-end run")
+    parser.add_argument("--rounds", type=int, default=3, help="end-to-end runs of each kind")
     args = parser.parse_args()
     micro(args.runs)
-    end_to_end(args.jobs)
+    end_to_end(args.jobs, args.rounds)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from pilot.dispatcher.local import LocalDispatcher
 from pilot.job import parse_job
 from pilot.jobrun import JobResult, JobRun, PilotContext
 from pilot.node import NodeInfo, cpu_model
-from pilot.proctrack import PR_SET_CHILD_SUBREAPER
+from pilot.proctrack import PR_SET_CHILD_SUBREAPER, new_tracker
 from sitemovers.registry import Registry
 
 MB_KB = 1024
@@ -94,9 +94,18 @@ def subreaper():
     libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
 
 
-def test_cpu_time_of_a_multi_process_payload_is_summed(tmp_path, subreaper):
+@pytest.mark.parametrize("tracking", ["cgroup", "subreaper"])
+def test_cpu_time_of_a_multi_process_payload_is_summed(tmp_path, subreaper, monkeypatch, tracking):
     """Three processes burn 0.6 s of CPU each: one child waited for, one orphan the pilot adopts, and
-    the main one. Every second of it counts, and only for this job."""
+    the main one. Every second of it counts, and only for this job: from the payload cgroup's cpu.stat,
+    or without a cgroup from what the pilot reaps (wait4)."""
+    if tracking == "subreaper":
+        monkeypatch.setattr("pilot.jobrun.new_tracker", lambda label: new_tracker(label, use_cgroup=False))
+    else:
+        probe = new_tracker("probe")
+        probe.close()
+        if probe.kind != "cgroup":
+            pytest.skip("no writable cgroup v2 here: the payload is tracked as the pilot's subreaper")
     site = Site(tmp_path)
     burn = tmp_path / "burn.py"
     burn.write_text(BURN)
@@ -119,6 +128,7 @@ while not os.path.exists({str(done)!r}):
     run = site.job(str(main))
     result = run.run()
     assert result.state == "finished", result.diag
+    assert run.payload is not None and run.payload.tracker.kind == tracking
     final = site.final(run)
     assert final["cpu_consumption_time"] >= 2  # 3 x 0.6 s and the interpreters' start
     assert final["cpu_consumption_unit"] == "s+Test CPU @ 2.40GHz"
