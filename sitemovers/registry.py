@@ -15,6 +15,8 @@ GROUP = "pilot.sitemovers"
 BUILTIN = {
     "local": "sitemovers.local:LocalSiteMover",
     "lsm": "sitemovers.local:LsmSiteMover",
+    "castor": "sitemovers.castor:CastorSiteMover",
+    "rfcp": "sitemovers.castor:RfcpLfcSiteMover",
 }
 
 
