@@ -267,7 +267,9 @@ def open_pcache(queue: QueueConfig, cancel: threading.Event) -> Optional[Pcache]
     if settings is None:
         return None
     try:
-        return Pcache(settings, cancel=cancel)
+        # a payload under a switched identity is never root; with `none` it runs as the pilot does
+        switched = queue.identity in ("uid", "glexec")
+        return Pcache(settings, cancel=cancel, payload_as_root=not switched and os.geteuid() == 0)
     except (OSError, sqlite3.Error) as exc:
         log.warning("the node cache %s cannot be opened, running uncached: %s", settings.root, exc)
         return None
