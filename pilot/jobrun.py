@@ -340,7 +340,9 @@ class JobRun:
         self.exit_code = 128 - code if code is not None and code < 0 else code
         log.info("payload ended with exit code %s after %.1f s", self.exit_code,
                  self.payload.ended - self.payload.started)
-        signalled = self.exit_code is not None and self.exit_code > 128  # directly or through a wrapper shell
+        # Killed by a signal (code < 0), or a shell whose child was (128 + N): the batch system may have
+        # signalled the payload with the pilot.
+        signalled = self.exit_code is not None and 128 < self.exit_code < 160
         if reason is None and signalled and control.stopping.wait(SIGNAL_SETTLE):
             reason = signal_error(control.signum or self.exit_code - 128)
         if wrapped:
