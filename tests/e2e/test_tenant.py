@@ -211,8 +211,10 @@ def run(request, accounts, proxies, tmp_path_factory) -> Iterator[Run]:
     mode = request.param
     _needs(mode)
     root = Path(tempfile.mkdtemp(prefix=f"pandapilot-tenant-{mode}-"))
+    releases = release_tree()
     try:
         t = make_site(mode, root, proxies)
+        t.site.queue_settings["appdir"] = str(releases)
         victim = root / "victim"
         victim.write_text("untouched\n")
         fmt = {"proxy": t.pilot_proxy, "victim": victim}
@@ -226,10 +228,24 @@ def run(request, accounts, proxies, tmp_path_factory) -> Iterator[Run]:
             t.job(7, "id -u > uid-7.txt", ("uid-7.txt",), user=TWO)
             t.job(8, "echo ran > ran-8.txt", ("ran-8.txt",), user="unmapped")
             t.job(9, "echo ran > ran-9.txt", ("ran-9.txt",), user="expired")
+        t.job(10, 'echo "$RELEASE_MARK $(id -u)" > release-10.txt', ("release-10.txt",), swRelease="21.0.15",
+              cmtConfig="x86_64-el9-gcc13-opt")
         result = t.run()
         yield Run(t, result, victim)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(releases, ignore_errors=True)
+
+
+def release_tree() -> Path:
+    """A release the payload's account can read, outside /tmp (which a sandbox replaces): its setup
+    exports a mark the payload reports (pilot/release.py runs it through the launcher)."""
+    root = Path(tempfile.mkdtemp(prefix="pandapilot-releases-", dir="/var/tmp"))
+    os.chmod(root, 0o755)
+    release = root / "x86_64-el9-gcc13-opt" / "21.0.15"
+    release.mkdir(parents=True)
+    (release / "setup.sh").write_text("export RELEASE_MARK=in-release-$1\n")
+    return root
 
 
 def _pids(stdout: str) -> list[int]:
@@ -265,6 +281,14 @@ def test_payload_runs_as_the_mapped_account(run: Run, accounts) -> None:
     assert run.t.final(1)["job_status"] == "finished", run.t.final(1)
     expected = accounts[ONE].pw_uid if run.t.switched else os.geteuid()
     assert int(run.t.output("uid-1.txt")) == expected
+
+
+def test_a_release_job_runs_in_its_release_through_the_launcher(run: Run, accounts) -> None:
+    """The release wrapper is the command each launcher wraps: its setup runs as the payload's account."""
+    assert run.t.final(10)["job_status"] == "finished", run.t.final(10)
+    mark, uid = run.t.output("release-10.txt").split()
+    assert mark == "in-release-21.0.15"
+    assert int(uid) == (accounts[ONE].pw_uid if run.t.switched else os.geteuid())
 
 
 def test_two_jobs_of_two_users_run_each_under_its_own_account(run: Run, accounts) -> None:
