@@ -271,3 +271,17 @@ def test_a_job_the_embedded_dispatcher_offered_again_is_only_cleaned_up(tmp_path
     assert summary.cleaned == [60] and not workdir.exists()
     assert json.loads((tmp_path / "jobs" / "60.json").read_text())["attemptNr"] == "2", "offered again"
     assert [h["job_status"] for h in ctx.dispatcher.history(60)] == ["starting", "running", "failed"]
+
+
+def test_an_owner_on_another_node_is_dead_when_its_journal_is_older_than_two_heartbeats(tmp_path):
+    fresh, old = owed_leftover(tmp_path, 80), owed_leftover(tmp_path, 81)
+    for workdir in (fresh, old):
+        data = json.loads((workdir / JOURNAL).read_text())
+        data["owner"] = {"pid": os.getpid(), "start_time": psutil.Process().create_time(), "boot_id": "b",
+                         "node": "another-node"}
+        (workdir / JOURNAL).write_text(json.dumps(data))
+    data = json.loads((old / JOURNAL).read_text())
+    data["updated"] = time.time() - 2 * 1800 - 60
+    (old / JOURNAL).write_text(json.dumps(data))
+    ctx, summary = recover(tmp_path)
+    assert summary.recovered == [81] and finals(ctx, 80) == []
