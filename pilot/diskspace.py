@@ -171,12 +171,12 @@ class QuietFileHandler(logging.FileHandler):
 
     def _open(self) -> Any:
         """The log file, never through a link planted under its name (a resumed job's work dir may hold
-        what its payload left), and never a FIFO or device."""
+        what its payload left), and never a FIFO that could block the pilot."""
         fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
                      | os.O_CLOEXEC, 0o644)
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
             os.close(fd)
-            raise OSError(errno.EINVAL, "not a regular file", self.baseFilename)
+            raise OSError(errno.EINVAL, "a FIFO, not a log file", self.baseFilename)
         os.set_blocking(fd, True)
         return open(fd, self.mode, encoding=self.encoding, errors=self.errors)
 
