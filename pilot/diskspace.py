@@ -122,8 +122,9 @@ def space_shortage(workdir: Path, needed_mb: int) -> Optional[str]:
     return None
 
 
-def give_back_reserve(directory: Path) -> bool:
-    """Free the reserve for the pilot's own last writes of a job that filled the disk."""
+def give_back_reserve(directory: Path, quiet: bool = False) -> bool:
+    """Free the reserve: for the pilot's own last writes of a job that filled the disk (or when the pilot
+    ends, `quiet`)."""
     try:
         os.unlink(Path(directory) / RESERVE)
     except FileNotFoundError:
@@ -131,7 +132,8 @@ def give_back_reserve(directory: Path) -> bool:
     except OSError as exc:
         log.warning("cannot free the space reserve in %s: %s", directory, exc.strerror)
         return False
-    log.warning("disk full: the pilot's space reserve in %s is given back", directory)
+    if not quiet:
+        log.warning("disk full: the pilot's space reserve in %s is given back", directory)
     return True
 
 
