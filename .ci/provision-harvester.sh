@@ -2,7 +2,7 @@
 # Provision Harvester, the PanDA pilot factory, for the launch tests (tests/integration/harvester.py):
 #   $PANDA_CI_CACHE/venv-harvester   pandaharvester 0.7.5 (HSF/harvester commit d561b72f; not on PyPI)
 # The source is the unmodified upstream tarball: $HARVESTER_SOURCE if set, else the copy kept beside the
-# test machines (/work/shared/third_party/harvester), else upstream's archive of that commit.
+# repository (../shared/third_party/harvester, as CI lays it out), else upstream's archive of that commit.
 # Its dependencies come from PyPI (persistent pip cache in $PANDA_CI_CACHE/pip-cache). Harvester is
 # configured and started by the tests (SQLite, v1 against the loopback panda-server, Slurm submitter).
 # Idempotent: a venv that imports fine is left alone. Run as root on Debian 12 (after provision-slurm.sh).
@@ -36,7 +36,8 @@ PY
 if venv_ok; then
     log "venv $VENV ok"; exit 0
 fi
-source=${HARVESTER_SOURCE:-/work/shared/third_party/harvester/harvester-${COMMIT}.tar.gz}
+here="$(cd "$(dirname "$0")/.." && pwd)"
+source=${HARVESTER_SOURCE:-$here/../shared/third_party/harvester/harvester-${COMMIT}.tar.gz}
 if [[ ! -f $source ]]; then
     log "no local copy of Harvester ${COMMIT}: using $UPSTREAM"
     source=$UPSTREAM

@@ -7,7 +7,7 @@ changed), the queue configuration and each queue's sbatch template, then starts 
 foreground as our child (its PID is ours: ``stop()`` ends it). Each queue submits through the single-node
 Slurm with SlurmSubmitter, watches with SlurmBulkMonitor (squeue -t all: there is no accounting database for
 sacct), sweeps with SlurmSweeper, and talks to its workers through SharedFileMessenger (access point
-``root/workers/<queue>/<workerID>``). Facts behind the settings: /work/shared/reference/harvester-on-loopback.md.
+``root/workers/<queue>/<workerID>``). Facts behind the settings: shared/reference/harvester-on-loopback.md.
 """
 
 from __future__ import annotations
