@@ -8,11 +8,12 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Mapping, Optional
 
 from pilot import __version__
 from pilot.config import PilotConfig, QueueConfig
 from pilot.errors import ExitCode
+from pilot.versiontag import job_label, parse_tag, pilot_id_field
 
 log = logging.getLogger("pilot")
 
@@ -24,6 +25,22 @@ def _positive(text: str) -> float:
     return value
 
 
+def _version_tag(text: str) -> str:
+    try:
+        return parse_tag(text).name
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+BATCH_ID_VARIABLES = ("PANDA_BATCH_ID", "SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID", "JOB_ID")
+
+
+def batch_id_from_env(env: Mapping[str, str]) -> Optional[str]:
+    """The batch job's id as the batch system tells its jobs (HTCondor: the submit description sets
+    PANDA_BATCH_ID, see launch/pilot.sub)."""
+    return next((env[name] for name in BATCH_ID_VARIABLES if env.get(name)), None)
+
+
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queue", "-q", required=True, help="the PanDA queue (site) name")
     p.add_argument("--dispatcher", "-d", required=True,
@@ -33,6 +50,11 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queue-config", type=Path, help="YAML file with the queue's settings (schedconfig)")
     p.add_argument("--workdir", type=Path, help="the pilot's work directory (default: ./pilot-<pid>)")
     p.add_argument("--job-label", default="managed", help="prodSourceLabel to ask for (managed, user, test, ...)")
+    p.add_argument("--version-tag", type=_version_tag, default=os.environ.get("PANDA_PILOT_VERSION_TAG", "PR"),
+                   help="which code the wrapper chose: PR (production), RC, RCM, ALRB (release candidates: test "
+                        "jobs only), PT (development: pilot test jobs)")
+    p.add_argument("--batch-id", default=batch_id_from_env(os.environ),
+                   help="the batch job's id, sent with every update (default: from SLURM_JOB_ID, ...)")
     p.add_argument("--resource-type", help="SCORE, MCORE, ...")
     p.add_argument("--computing-element", help="the CE / batch queue name")
     p.add_argument("--max-jobs", type=int, default=0, help="stop after N jobs (0: no limit)")
@@ -60,9 +82,18 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                      help="seconds to keep retrying a request that fails in transport")
 
 
+def version_line() -> str:
+    """`pandapilot <version>`, and in a bundle where and when it was built."""
+    try:
+        from _pandapilot_bundle import BUNDLE  # written into the zipapp by launch/build.py
+    except ImportError:
+        return f"pandapilot {__version__}"
+    return f"pandapilot {__version__} (bundle {BUNDLE['name']}, built {BUNDLE['built']} from {BUNDLE['source']})"
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="pandapilot", description="A pilot agent for PanDA-style workload systems.")
-    top.add_argument("--version", action="version", version=f"pandapilot {__version__}")
+    top.add_argument("--version", action="version", version=version_line())
     top.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     sub = top.add_subparsers(dest="command", required=True)
     _add_run_arguments(sub.add_parser("run", help="run jobs from a dispatcher"))
@@ -73,16 +104,18 @@ def parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> PilotConfig:
     workdir = (args.workdir or Path.cwd() / f"pilot-{os.getpid()}").absolute()
+    tag = parse_tag(args.version_tag)
     dispatcher = args.dispatcher
     if not dispatcher.startswith(("http://", "https://")):
         dispatcher = str(Path(dispatcher).absolute())
     return PilotConfig(
         queue=args.queue, dispatcher=dispatcher, workdir=workdir, queue_file=args.queue_config,
-        dispatcher_api=args.dispatcher_api, job_label=args.job_label, resource_type=args.resource_type,
+        dispatcher_api=args.dispatcher_api, job_label=job_label(tag, args.job_label), resource_type=args.resource_type,
         computing_element=args.computing_element, max_jobs=args.max_jobs, lifetime=args.lifetime,
         max_no_job=args.max_no_job, no_job_wait=args.no_job_wait, max_failures=args.max_failures,
         stop_file=args.stop_file or workdir / "STOP", heartbeat=args.heartbeat, keep_workdirs=args.keep_workdirs,
-        pilot_id=args.pilot_id or f"{os.uname().nodename}:{os.getpid()}", scheduler_id=args.scheduler_id,
+        pilot_id=pilot_id_field(args.pilot_id or f"{os.uname().nodename}:{os.getpid()}", tag),
+        version_tag=tag.name, batch_id=args.batch_id, scheduler_id=args.scheduler_id,
         harvester_id=args.harvester_id, worker_id=args.worker_id, cacert=args.cacert, capath=args.capath,
         cert=args.cert, key=args.key, proxy=args.proxy, token_file=args.token_file, origin=args.origin,
         request_timeout=args.request_timeout, retry_budget=args.retry_budget,
@@ -125,8 +158,8 @@ def run_pilot(config: PilotConfig) -> int:
         config=config, queue=queue, node=NodeInfo.probe(config.workdir), dispatcher=dispatcher,
         registry=Registry(), control=control, deadline=started + lifetime if lifetime else None,
     )
-    log.info("pandapilot %s on %s, queue %s, dispatcher %s", __version__, ctx.node.host, queue.name,
-             config.dispatcher)
+    log.info("pandapilot %s (%s) on %s, queue %s, dispatcher %s, job label %s", __version__, config.version_tag,
+             ctx.node.host, queue.name, config.dispatcher, config.job_label)
     try:
         code = Pilot(ctx).run()
     finally:

@@ -22,6 +22,8 @@ class QueueConfig:
     # data movement
     copytool: str = "local"
     copytoolin: str = ""  # stage-in mover, overrides copytool
+    copytools: str = ""  # ordered movers (comma-separated), each the fallback of the one before
+    copytoolsin: str = ""  # the same for stage-in
     copysetup: str = ""  # a setup script sourced before a mover's commands
     copysetupin: str = ""
     copyprefix: str = ""  # "from^to" rewrites, comma-separated
@@ -35,6 +37,9 @@ class QueueConfig:
     transfer_retry_wait: float = 10.0  # s between transfer attempts
     maxinputsize: int = 0  # MB of inputs a job may bring in; 0: no limit
     allowdirectaccess: bool = False
+    link_inputs: bool = False  # the local mover hard-links inputs instead of copying (a read-only SE)
+    transfer_threads: int = 4  # files moved at once
+    prepare_timeout: float = 3600.0  # s to wait for a prepare phase (tape recall, stager) to bring inputs online
     # the payload
     setup: str = ""  # a shell snippet sourced before the payload (release setup)
     corecount: int = 0  # cores per job if the job does not say
@@ -102,6 +107,16 @@ class QueueConfig:
     def stagein_mover(self) -> str:
         return self.copytoolin or self.copytool
 
+    def movers(self, direction: str) -> list[str]:
+        """The ordered mover names for a direction ("in"/"out"): copytoolsin > copytoolin > copytools >
+        copytool for stage-in, copytools > copytool for stage-out."""
+        if direction == "in":
+            chosen = self.copytoolsin or self.copytoolin or self.copytools or self.copytool
+        else:
+            chosen = self.copytools or self.copytool
+        names = [name.strip() for name in chosen.split(",") if name.strip()]
+        return list(dict.fromkeys(names))
+
     def rewrites(self, direction: str) -> list[tuple[str, str]]:
         spec = (self.copyprefixin if direction == "in" and self.copyprefixin else self.copyprefix) or ""
         pairs = []
@@ -112,7 +127,7 @@ class QueueConfig:
         return pairs
 
 
-POSITIVE = frozenset({"heartbeat", "debug_heartbeat"})  # 0 would mean a flood of updates
+POSITIVE = frozenset({"heartbeat", "debug_heartbeat", "transfer_threads"})  # 0 would mean a flood of updates
 
 
 def _coerce(key: str, raw: Any, kind: type) -> Any:
@@ -159,7 +174,9 @@ class PilotConfig:
     stop_file: Optional[Path] = None
     heartbeat: Optional[float] = None  # overrides the queue's
     keep_workdirs: bool = False
-    pilot_id: str = ""
+    pilot_id: str = ""  # as sent: `<id>|<version tag>|<version>`
+    version_tag: str = "PR"  # PR, RC, RCM, ALRB, PT (pilot/versiontag.py)
+    batch_id: Optional[str] = None  # the batch system's job id (Slurm, HTCondor, ...)
     scheduler_id: str = ""
     harvester_id: Optional[str] = None
     worker_id: Optional[int] = None

@@ -32,6 +32,7 @@ class ErrorCode(IntEnum):
     LOOPING_STAGEOUT = 1152
     LOST_JOB_NOT_FINISHED = 1153
     LOST_JOB_LOG_REGISTRATION = 1154
+    LOST_JOB_FILE_TRANSFER = 1155
     LOST_JOB_RECOVERY_FAILED = 1156
     RECOVERY_ATTEMPTS_EXHAUSTED = 1158
     NO_PROXY = 1163
@@ -51,8 +52,10 @@ class ErrorCode(IntEnum):
     SIGINT = 1208
     OUT_OF_MEMORY = 1212
     REACHED_MAX_TIME = 1213
+    FILE_EXISTS = 1221
     UNKNOWN_EXCEPTION = 1301
     CONVERSION_FAILURE = 1302
+    FILE_HANDLING = 1303
     PAYLOAD_FAILED = 1305
     NOT_DEFINED = 1311
     NOT_SAME_LENGTH = 1312
@@ -61,9 +64,12 @@ class ErrorCode(IntEnum):
     COMMUNICATION_FAILURE = 1318
     LOGFILE_CREATION = 1320
     UNKNOWN_COPYTOOL = 1323
+    NO_REMOTE_SPACE = 1333
+    STAGEIN_AUTH = 1338
     EMPTY_OUTPUT = 1350
     BAD_FILE_NAME = 1371
     PREEMPTION = 1379
+    STAGEOUT_AUTH = 1383
 
 
 DESCRIPTIONS: dict[ErrorCode, str] = {
@@ -85,9 +91,10 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.LOOPING_STAGEIN: "stuck in stage-in",
     ErrorCode.LOOPING_STAGEOUT: "stuck in stage-out",
     ErrorCode.LOST_JOB_NOT_FINISHED: "lost job was not finished",
-    ErrorCode.LOST_JOB_LOG_REGISTRATION: "lost job: log registration failed",
-    ErrorCode.LOST_JOB_RECOVERY_FAILED: "lost job recovery failed",
-    ErrorCode.RECOVERY_ATTEMPTS_EXHAUSTED: "recovery attempts exhausted",
+    ErrorCode.LOST_JOB_LOG_REGISTRATION: "failed to register (ship) the log file of a lost job",
+    ErrorCode.LOST_JOB_FILE_TRANSFER: "failed to move the output files of a lost job",
+    ErrorCode.LOST_JOB_RECOVERY_FAILED: "the pilot could not recover the job",
+    ErrorCode.RECOVERY_ATTEMPTS_EXHAUSTED: "reached the maximum number of recovery attempts",
     ErrorCode.NO_PROXY: "no valid proxy",
     ErrorCode.MISSING_OUTPUT: "output file missing",
     ErrorCode.CATALOG_REGISTRATION: "catalog registration failed",
@@ -105,8 +112,10 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.SIGINT: "killed by SIGINT",
     ErrorCode.OUT_OF_MEMORY: "payload exceeded its memory limit",
     ErrorCode.REACHED_MAX_TIME: "reached the pilot's time limit",
+    ErrorCode.FILE_EXISTS: "file already exists",
     ErrorCode.UNKNOWN_EXCEPTION: "unexpected pilot exception",
     ErrorCode.CONVERSION_FAILURE: "malformed value in job definition",
+    ErrorCode.FILE_HANDLING: "failed during file handling",
     ErrorCode.PAYLOAD_FAILED: "payload execution failed",
     ErrorCode.NOT_DEFINED: "required field missing in job definition",
     ErrorCode.NOT_SAME_LENGTH: "file lists of different lengths in job definition",
@@ -115,9 +124,12 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.COMMUNICATION_FAILURE: "communication with the server failed",
     ErrorCode.LOGFILE_CREATION: "log file creation failed",
     ErrorCode.UNKNOWN_COPYTOOL: "unknown copy tool",
+    ErrorCode.NO_REMOTE_SPACE: "no space left at the storage",
+    ErrorCode.STAGEIN_AUTH: "authentication failure during stage-in",
     ErrorCode.EMPTY_OUTPUT: "empty output file",
     ErrorCode.BAD_FILE_NAME: "illegal file name",
     ErrorCode.PREEMPTION: "job was preempted",
+    ErrorCode.STAGEOUT_AUTH: "authentication failure during stage-out",
 }
 
 SIGNAL_CODES: dict[int, ErrorCode] = {

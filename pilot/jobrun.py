@@ -1,54 +1,55 @@
-"""The life of one job, start to end.
+"""The life of one job, start to end: a table of steps (STEPS), walked in order.
 
-    journal: created
-    report starting -> stage in                              -> journal: staged_in
-    report running  -> payload under watch (monitor, heartbeat, kill requests)
-                                                             -> journal: payload_done
-    (transferring)  -> stage out outputs (only if the payload succeeded)
-    log tarball -> stage out the log                         -> journal: staged_out
-    final report (finished / failed), kept in the journal until delivered
-                                                             -> journal: reported -> clean up
+    step       what runs                                   journal mark     state shown
+    stagein    the inputs come in                          staged_in        starting (sent before)
+    payload    the payload runs under watch                payload_done     running (sent once started)
+    stageout   the outputs go out                          outputs_done     transferring (next heartbeat)
+    log        the log tarball goes out                    staged_out       transferring
+    report     the final report (finished / failed)        reported         -
 
-Any step may fail with a PilotError: the job is then reported failed with that code, after the log has
-been shipped. Every transferred file and every reported state is in the journal, so a later pilot can
-finish the job from the step it reached.
+`run()` starts a new job in a new work dir; `resume(journal)` re-enters a job a dead pilot left, through
+the same steps: whatever the journal shows as reached is skipped, and so is every step after the job
+failed, except the log and the report, which always run. How each step ended is in the journal: its
+mark, the payload's exit code, the job's error (the first one counts). Every transferred file and every
+reported state is in the journal too, so a later pilot can finish the job from the step it reached.
+The final report is put together and delivered by pilot/report.py.
 """
 
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from pilot.config import PilotConfig, QueueConfig
 from pilot.control import Control
-from pilot.dispatcher.base import Dispatcher, DispatcherError, FailureKind, JobUpdate
-from pilot.errors import ErrorCode, PilotError, one_line
+from pilot.dispatcher.base import Dispatcher, DispatcherError, FailureKind
+from pilot.errors import ErrorCode, PilotError
 from pilot.heartbeat import Heartbeat, Reporter
-from pilot.job import Job
-from pilot.journal import Journal
-from pilot.layout import PILOT_LOG, STDERR, STDOUT
+from pilot.job import Job, parse_job
+from pilot.journal import Journal, current_owner
+from pilot.layout import STDERR
 from pilot.monitor import Limits, Monitor, watch
 from pilot.node import NodeInfo
-from pilot.payload import Payload, build_command, payload_env
+from pilot.payload import Payload, build_command, payload_env, process_identity
 from pilot.report import (
+    FinalReport,
+    JobFacts,
+    final_report,
     job_log,
-    job_metrics,
     last_line,
     make_log_tarball,
-    pilot_timing,
-    read_job_report,
-    tail,
-    utc,
+    send_final,
 )
-from pilot.staging import Stager, Transferred, output_report
+from pilot.staging import Stager, Transferred
+from sitemovers.checksum import Checksum
 from sitemovers.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,12 @@ class PilotContext:
             "site_name": self.queue.name,
             "scheduler_id": self.config.scheduler_id or None,
             "pilot_id": self.config.pilot_id or None,
+            "batch_id": self.config.batch_id or None,
         }
+
+    def owner(self) -> dict[str, Any]:
+        """This pilot as the owner of a job (journal)."""
+        return current_owner(self.config.pilot_id, self.node.host)
 
 
 @dataclass
@@ -91,6 +97,17 @@ class JobResult:
     log_location: str = ""
 
 
+@dataclass(frozen=True)
+class Step:
+    name: str  # also its key in the job's timing
+    action: Callable[[JobRun], Optional[bool]]  # False: the step did not get to its mark
+    mark: str  # the journal mark it reaches
+    state: Optional[str]  # the state the job shows while it runs
+    announce: str  # "send" an update before it, "enter" it for the next heartbeat, "started": the step
+    #                sends it once its work has started, "final": the heartbeat stops before it
+    always: bool = False  # runs even after the job failed
+
+
 class JobRun:
     def __init__(self, job: Job, ctx: PilotContext, workdir: Path, getjob_seconds: float = 0.0) -> None:
         self.job = job
@@ -100,13 +117,16 @@ class JobRun:
         self.started = time.time()
         self.payload: Optional[Payload] = None
         self.monitor: Optional[Monitor] = None
-        self.outputs: list[Transferred] = []
         self.error: Optional[PilotError] = None
         self.exit_code: Optional[int] = None
+        self.report: Optional[FinalReport] = None
+        self.reported = False
         self.stager = Stager(ctx.queue, ctx.registry, ctx.control.cancel)
+        self.journal: Journal
 
-    # --- the sequence ---------------------------------------------------------------------------------
+    # --- the ways in ----------------------------------------------------------------------------------
     def run(self) -> JobResult:
+        """A new job: a new work dir and journal, then every step."""
         try:
             self.workdir.mkdir(parents=True, exist_ok=False)
         except OSError as exc:
@@ -116,64 +136,94 @@ class JobRun:
         with job_log(self.workdir):
             log.info("job %d (attempt %d) in %s", self.job.panda_id, self.job.attempt_nr, self.workdir)
             self.journal = Journal.create(self.workdir, self.job.panda_id, self.job.attempt_nr,
-                                          self.ctx.queue.name, self.ctx.node.host, self.job.raw)
-            self.reporter = Reporter(self.ctx.dispatcher, self.ctx.control, self.journal, self.ctx.identity)
-            heartbeat = Heartbeat(self.reporter, self.ctx.config.heartbeat or self.ctx.queue.heartbeat,
-                                  self.ctx.queue.debug_heartbeat)
-            try:
-                self.reporter.try_send("starting")
-                heartbeat.start()
-                self._step("stagein", self._stage_in)
-                self.reporter.try_send("running")
-                self._step("payload", self._run_payload)
-                self.reporter.enter("transferring")
-                self._step("stageout", self._stage_out_outputs)
-            except DispatcherError as exc:
-                if exc.kind is FailureKind.AUTH:
-                    heartbeat.stop()
-                    self._kill_payload()
-                    raise  # credentials refused: the pilot stops, the journal keeps the job for recovery
-                self._fail(exc)
-            except PilotError as exc:
-                self._fail(exc)
-            except Exception as exc:  # a pilot bug must still end in a report, not a lost job
-                log.exception("unexpected error in job %d", self.job.panda_id)
-                self._fail(PilotError(ErrorCode.UNKNOWN_EXCEPTION, f"{type(exc).__name__}: {exc}"))
-            finally:
-                self._kill_payload()
-            log_entry = self._ship_log()
-            heartbeat.stop()
-            self.journal.reach("staged_out")
-            result = self._final_report(log_entry)
-        if result.reported and not self.ctx.config.keep_workdirs:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-        return result
+                                          self.ctx.queue.name, self.ctx.node.host, self.job.raw, self.ctx.owner())
+            return self._walk()
 
-    def _step(self, name: str, action: Any) -> None:
-        """Run one step; a kill request (signal, server, monitor) overrides whatever the step saw."""
-        begin = time.monotonic()
+    @classmethod
+    def resume(cls, journal: Journal, ctx: PilotContext, error: Optional[PilotError] = None) -> JobResult:
+        """Re-enter the job of `journal` (its work dir is the journal's) at the step it reached. `error`
+        fails the job from here on (e.g. its payload never ended). Raises JobDefinitionError when the
+        journal's job definition is not a valid one."""
+        run = cls(parse_job(journal.job), ctx, journal.path.parent)
+        run.journal = journal
+        run.started = journal.steps.get("created", run.started)
+        run.exit_code = journal.outcome.get("payload_done", {}).get("exit_code")
+        if journal.error is not None:
+            run.error = PilotError(journal.error.get("code", ErrorCode.UNKNOWN), str(journal.error.get("diag", "")))
+        if error is not None:
+            run._fail(error)
+        with job_log(run.workdir):
+            log.info("job %d (attempt %d) resumed in %s after '%s'", journal.panda_id, journal.attempt_nr,
+                     run.workdir, journal.step)
+            return run._walk()
+
+    # --- the walk -----------------------------------------------------------------------------------
+    def _walk(self) -> JobResult:
+        self.reporter = Reporter(self.ctx.dispatcher, self.ctx.control, self.journal, self.ctx.identity)
+        if self.journal.state:
+            self.reporter.enter(self.journal.state)
+        self.heartbeat = Heartbeat(self.reporter, self.ctx.config.heartbeat or self.ctx.queue.heartbeat,
+                                   self.ctx.queue.debug_heartbeat)
         try:
-            action()
-        except DispatcherError:
-            raise
-        except PilotError:
-            if self.ctx.control.job_kill is not None:
-                raise self.ctx.control.job_kill from None
-            raise
+            for step in STEPS:
+                if self.journal.has_reached(step.mark) or (self.error is not None and not step.always):
+                    continue
+                self._do(step)
         finally:
-            self.timing[name] = self.timing.get(name, 0.0) + time.monotonic() - begin
-        if self.ctx.control.job_kill is not None:
-            raise self.ctx.control.job_kill
+            self.heartbeat.stop()
+            self._kill_payload()
+        if self.reported and not self.ctx.config.keep_workdirs:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        return self._result()
+
+    def _do(self, step: Step) -> None:
+        """Run one step; a kill request (signal, server, monitor) overrides what a failing work step saw.
+        A refusal of the pilot's credentials stops everything (the journal keeps the job for recovery)."""
+        control = self.ctx.control
+        if step.announce == "send" and step.state:
+            self.reporter.try_send(step.state)
+        elif step.announce == "enter" and step.state:
+            self.reporter.enter(step.state)
+        elif step.announce == "final":
+            self.heartbeat.stop()
+        if step.announce != "final" and not self.heartbeat.is_alive() and self.heartbeat.ident is None:
+            self.heartbeat.start()
+        begin = time.monotonic()
+        done: Optional[bool] = None
+        try:
+            done = step.action(self)
+        except DispatcherError as exc:
+            if exc.kind is FailureKind.AUTH:
+                raise
+            self._fail(exc)
+            return
+        except PilotError as exc:
+            self._fail(control.job_kill if control.job_kill is not None and not step.always else exc)
+            return
+        except Exception as exc:  # a pilot bug must still end in a report, not a lost job
+            log.exception("unexpected error in job %d (%s)", self.job.panda_id, step.name)
+            self._fail(PilotError(ErrorCode.UNKNOWN_EXCEPTION, f"{type(exc).__name__}: {exc}"))
+            return
+        finally:
+            self.timing[step.name] = self.timing.get(step.name, 0.0) + time.monotonic() - begin
+        if control.job_kill is not None and not step.always:
+            self._fail(control.job_kill)
+        if done is not False and not self.journal.has_reached(step.mark):
+            outcome: dict[str, Any] = {"error_code": int(self.error.code) if self.error else 0,
+                                       "diag": self.error.diag if self.error else ""}
+            if step.mark == "payload_done":
+                outcome["exit_code"] = self.exit_code
+            self.journal.reach(step.mark, **outcome)
 
     def _fail(self, error: PilotError) -> None:
         if self.error is None:
             self.error = error
             log.error("job %d failed: %d %s", self.job.panda_id, error.code, error.diag)
+            self.journal.fail(int(error.code), error.diag)
 
     # --- steps ------------------------------------------------------------------------------------
     def _stage_in(self) -> None:
         self.stager.stage_in(self.job, self.workdir, self.journal)
-        self.journal.reach("staged_in")
 
     def _run_payload(self) -> None:
         control = self.ctx.control
@@ -185,24 +235,28 @@ class JobRun:
         self.timing["setup"] = time.monotonic() - begin
         if control.job_kill is not None:
             raise control.job_kill
-        self.payload.start(control.wake)
-        reason = watch(self.payload, self.monitor, control)
-        self.payload.reap()
+        try:
+            self.payload.start(control.wake)
+            assert self.payload.proc is not None
+            self.journal.payload_started(**process_identity(self.payload.proc.pid))
+            self.reporter.try_send("running")
+            reason = watch(self.payload, self.monitor, control)
+        finally:
+            self._kill_payload()
         code = self.payload.returncode
         self.exit_code = 128 - code if code is not None and code < 0 else code
-        self.journal.reach("payload_done")
         log.info("payload ended with exit code %s after %.1f s", self.exit_code,
                  self.payload.ended - self.payload.started)
         if reason is not None:
-            raise reason
-        if self.exit_code != 0:
+            self._fail(reason)
+        elif self.exit_code != 0:
             detail = last_line(self.workdir / STDERR)
-            raise PilotError(ErrorCode.PAYLOAD_FAILED,
-                             f"payload exited with code {self.exit_code}" + (f": {detail}" if detail else ""))
+            self._fail(PilotError(ErrorCode.PAYLOAD_FAILED,
+                                  f"payload exited with code {self.exit_code}" + (f": {detail}" if detail else "")))
 
     def _stage_out_outputs(self) -> None:
         files = [(spec, self.workdir / spec.lfn) for spec in self.job.outputs]
-        self.outputs = self.stager.stage_out(self.job, files, self.journal)
+        self.stager.stage_out(self.job, files, self.journal)
 
     def _kill_payload(self) -> None:
         """Whatever happened, nothing of the payload outlives its job."""
@@ -213,132 +267,88 @@ class JobRun:
         elif self.payload.returncode is None:
             self.payload.reap()
 
-    def _ship_log(self) -> Optional[Transferred]:
+    def _ship_log(self) -> None:
         """The log tarball goes out whatever happened, even after a kill (with a fresh cancel flag)."""
-        begin = time.monotonic()
+        if self.journal.file_info("out", self.job.log.lfn) is not None:
+            return  # shipped before (a resumed job)
         stager = Stager(self.ctx.queue, self.ctx.registry, threading.Event())
         try:
             tarball = make_log_tarball(self.workdir, self.job.log.lfn)
-            shipped = stager.stage_out(self.job, [(self.job.log, tarball)], self.journal)
-            return shipped[0]
+            stager.stage_out(self.job, [(self.job.log, tarball)], self.journal)
         except PilotError as exc:
             log.error("log of job %d not shipped: %s", self.job.panda_id, exc.diag)
             self._fail(exc if exc.code == ErrorCode.LOGFILE_CREATION else PilotError(exc.code, f"log: {exc.diag}"))
-            return None
-        except Exception as exc:  # the report must follow, whatever broke here
-            log.exception("log of job %d not shipped", self.job.panda_id)
-            self._fail(PilotError(ErrorCode.LOGFILE_CREATION, f"log: {type(exc).__name__}: {exc}"))
-            return None
-        finally:
-            self.timing["stageout"] = self.timing.get("stageout", 0.0) + time.monotonic() - begin
 
-    # --- the final report -------------------------------------------------------------------------
-    def _final_fields(self, log_entry: Optional[Transferred]) -> dict[str, Any]:
-        failed = self.error is not None
-        files = [*self.outputs, *([log_entry] if log_entry else [])]
-        payload, monitor = self.payload, self.monitor
-        job_report = read_job_report(self.workdir)
-        fields: dict[str, Any] = {
-            "trans_exit_code": self.exit_code if self.exit_code is not None else (0 if not failed else None),
-            "pilot_error_code": int(self.error.code) if failed else 0,
-            "pilot_error_diag": self.error.diag if failed else None,
-            "core_count": self.job.core_count,
-            "n_input_files": len(self.job.inputs),
-            "start_time": utc(self.started),
-            "end_time": utc(time.time()),
-            "job_output_report": output_report(self.job, files) if files else None,
-            "pilot_timing": pilot_timing(self.timing),
-            "pilot_log": tail(self.workdir / PILOT_LOG, 1024),
-            "stdout": tail(self.workdir / STDOUT, 2048) or None,
-        }
-        if payload is not None and payload.proc is not None:
-            fields.update(cpu_consumption_time=int(round(payload.cpu_seconds)), cpu_consumption_unit="s",
-                          cpu_conversion_factor=1.0)
-            fields["max_rss"] = max(payload.max_rss_kb, monitor.max_rss_kb if monitor else 0) or None
-        if monitor is not None:
-            fields.update(max_pss=monitor.max_pss_kb or None, max_vmem=monitor.max_vmem_kb or None)
-        if job_report is not None:
-            fields["meta_data"] = json.dumps(job_report)
-            exit_code, events = job_report.get("exitCode"), job_report.get("nEvents")
-            if _is_int32(exit_code) and exit_code != 0:
-                fields["exe_error_code"] = exit_code
-                fields["exe_error_diag"] = one_line(str(job_report.get("exitMsg", "")))
-            if _is_int32(events) and events >= 0:
-                fields["n_events"] = events
-        fields["job_metrics"] = job_metrics(coreCount=self.job.core_count, nInputFiles=len(self.job.inputs),
-                                            bytesIn=self._bytes("in"), bytesOut=self._bytes("out"))
-        return {k: v for k, v in fields.items() if v is not None}
+    def _final_report(self) -> bool:
+        """Put the report together (or take the one a dead pilot already owed) and deliver it."""
+        if self.journal.final is not None:
+            self.report = FinalReport.from_owed(self.job.panda_id, self.job.attempt_nr, self.journal.final)
+        else:
+            self.report = final_report(self._facts())
+            if self.error is None and self.report.state == "failed":  # the report itself could not be made
+                self.error = PilotError(self.report.error_code, str(self.report.fields.get("pilot_error_diag")))
+        self.reported = send_final(self.ctx.dispatcher, self.ctx.identity, self.report, self.journal)
+        return self.reported
 
-    def _essential_fields(self, log_entry: Optional[Transferred], exc: Exception) -> dict[str, Any]:
-        """What the report must say even when gathering the rest failed: the job's own error (or this
-        one), the exit code, and the files already in storage, so that none of them is orphaned."""
-        self._fail(PilotError(ErrorCode.UNKNOWN_EXCEPTION, f"final report: {type(exc).__name__}: {exc}"))
-        assert self.error is not None
-        fields: dict[str, Any] = {"pilot_error_code": int(self.error.code), "pilot_error_diag": self.error.diag}
-        if self.exit_code is not None:
-            fields["trans_exit_code"] = self.exit_code
-        try:
-            fields["job_output_report"] = output_report(self.job, [*self.outputs, *filter(None, [log_entry])])
-        except Exception:
-            log.exception("no output report for job %d", self.job.panda_id)
-        return fields
+    # --- what the report says -----------------------------------------------------------------------
+    def _stored(self) -> list[Transferred]:
+        """The job's files in storage (outputs, then the log), as the journal knows them."""
+        stored = []
+        for spec in self.job.all_outputs:
+            info = self.journal.file_info("out", spec.lfn)
+            if info is not None:
+                checksum = Checksum.parse(info["checksum"]) if info.get("checksum") else None
+                stored.append(Transferred(spec.lfn, int(info["fsize"]), checksum, str(info["location"])))
+        return stored
 
     def _bytes(self, direction: str) -> int:
         return sum(int(info.get("fsize", 0)) for key, info in self.journal.files.items()
                    if key.startswith(direction + ":"))
 
-    def _final_report(self, log_entry: Optional[Transferred]) -> JobResult:
-        try:
-            fields = self._final_fields(log_entry)
-        except Exception as exc:  # a pilot bug in gathering the figures must not cost the report itself
-            log.exception("the final report of job %d cannot be put together", self.job.panda_id)
-            fields = self._essential_fields(log_entry, exc)
-        state = "failed" if self.error is not None else "finished"
-        self.journal.owe_final({"state": state, **fields})
-        result = JobResult(
+    def _facts(self) -> JobFacts:
+        facts = JobFacts(job=self.job, workdir=self.workdir, error=self.error, exit_code=self.exit_code,
+                         files=self._stored(), timing=self.timing, started=self.started,
+                         bytes_in=self._bytes("in"), bytes_out=self._bytes("out"))
+        payload, monitor = self.payload, self.monitor
+        if payload is not None and payload.proc is not None:
+            facts.cpu_seconds = payload.cpu_seconds
+            facts.max_rss_kb = max(payload.max_rss_kb, monitor.max_rss_kb if monitor else 0)
+        if monitor is not None:
+            facts.max_pss_kb, facts.max_vmem_kb = monitor.max_pss_kb, monitor.max_vmem_kb
+        return facts
+
+    def _result(self) -> JobResult:
+        report = self.report
+        state = report.state if report is not None else ("failed" if self.error else "finished")
+        log_entry = self.journal.file_info("out", self.job.log.lfn)
+        return JobResult(
             panda_id=self.job.panda_id, state=state,
-            error_code=int(self.error.code) if self.error else 0,
+            error_code=report.error_code if report is not None else (int(self.error.code) if self.error else 0),
             diag=self.error.diag if self.error else "",
             exit_code=self.exit_code, timing=dict(self.timing),
-            bytes_in=self._bytes("in"), bytes_out=self._bytes("out"),
-            workdir=self.workdir, log_location=log_entry.location if log_entry else "",
+            bytes_in=self._bytes("in"), bytes_out=self._bytes("out"), workdir=self.workdir,
+            reported=self.reported or self.journal.has_reached("reported"),
+            log_location=str(log_entry["location"]) if log_entry else "",
         )
-        try:
-            self.reporter.send(state, **fields)
-        except DispatcherError as exc:
-            log.error("final report of job %d not delivered, kept in the journal: %s", self.job.panda_id, exc.diag)
-            if exc.kind is FailureKind.AUTH:
-                raise
-            return result
-        except Exception:  # a client bug: the report stays owed, in the journal
-            log.exception("final report of job %d not delivered, kept in the journal", self.job.panda_id)
-            return result
-        self.journal.owe_final(None)
-        self.journal.reach("reported")
-        result.reported = True
-        log.info("job %d %s (error %d) reported", self.job.panda_id, state, result.error_code)
-        return result
 
 
-def _is_int32(value: Any) -> bool:
-    """A JSON integer the server can store (a bool is not one)."""
-    return isinstance(value, int) and not isinstance(value, bool) and -(2**31) <= value < 2**31
+STEPS: tuple[Step, ...] = (
+    Step("stagein", JobRun._stage_in, "staged_in", "starting", "send"),
+    Step("payload", JobRun._run_payload, "payload_done", "running", "started"),
+    Step("stageout", JobRun._stage_out_outputs, "outputs_done", "transferring", "enter"),
+    Step("log", JobRun._ship_log, "staged_out", "transferring", "enter", always=True),
+    Step("report", JobRun._final_report, "reported", None, "final", always=True),
+)
 
 
 def report_unrun(ctx: PilotContext, panda_id: int, attempt_nr: int, raw: dict[str, Any], error: PilotError,
                  workdir: Optional[Path]) -> JobResult:
     """A job that never started (a broken definition, no work dir) is reported failed at once. If the
     dispatcher cannot take that report, it is kept in a journal in `workdir`, for recovery."""
-    fields = {"pilot_error_code": int(error.code), "pilot_error_diag": error.diag}
+    report = FinalReport.failure(panda_id, attempt_nr, error)
     result = JobResult(panda_id, "failed", int(error.code), error.diag, workdir=workdir, reported=True)
-    try:
-        ctx.dispatcher.update_job(JobUpdate(job_id=panda_id, job_status="failed", attempt_nr=attempt_nr,
-                                            **ctx.identity, **fields))
+    if send_final(ctx.dispatcher, ctx.identity, report):
         return result
-    except DispatcherError as exc:
-        if exc.kind is FailureKind.AUTH:
-            raise
-        log.error("failure of job %d not delivered: %s", panda_id, exc.diag)
     result.reported = False
     if workdir is None:
         log.error("job %d: no work dir to keep its report in", panda_id)
@@ -346,10 +356,10 @@ def report_unrun(ctx: PilotContext, panda_id: int, attempt_nr: int, raw: dict[st
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         journal = Journal.create(workdir, panda_id, attempt_nr, ctx.queue.name, ctx.node.host,
-                                 {str(k): str(v) for k, v in raw.items()})
-        journal.owe_final({"state": "failed", **fields})
+                                 {str(k): str(v) for k, v in raw.items()}, ctx.owner())
+        journal.fail(int(error.code), error.diag)
+        journal.owe_final(report.owed())
         journal.reach("staged_out")
     except OSError as exc:
         log.error("job %d: report kept nowhere: %s", panda_id, exc)
     return result
-

@@ -13,6 +13,7 @@ from pilot.dispatcher.base import DispatcherError, FailureKind, JobRequest
 from pilot.errors import ExitCode
 from pilot.job import JobDefinitionError, parse_job
 from pilot.jobrun import JobResult, JobRun, PilotContext, report_unrun
+from pilot.layout import new_job_dir
 from pilot.node import free_mb
 
 log = logging.getLogger(__name__)
@@ -148,7 +149,4 @@ class Pilot:
         return JobRun(job, ctx, self._job_dir(job.panda_id, job.attempt_nr), getjob_seconds).run()
 
     def _job_dir(self, panda_id: int, attempt_nr: int) -> Path:
-        path = self.ctx.config.workdir / f"PanDA_Pilot-{panda_id}-{attempt_nr}"
-        if path.exists():
-            path = path.with_name(f"{path.name}-{time.time_ns()}")
-        return path
+        return new_job_dir(self.ctx.config.workdir, panda_id, attempt_nr)

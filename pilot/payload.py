@@ -19,17 +19,18 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import psutil
 
 from pilot.config import QueueConfig
 from pilot.errors import ErrorCode, PilotError
 from pilot.job import Job, check_name
-from pilot.layout import JOB_REPORT, STDERR, STDOUT, TMP
+from pilot.layout import INPUT_MANIFEST, JOB_REPORT, STDERR, STDOUT, TMP
 
 log = logging.getLogger(__name__)
 
+PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 
 # Variables of the pilot's environment that the payload keeps; everything else is dropped. The pilot's
@@ -48,6 +49,34 @@ def become_subreaper() -> bool:
         return False
 
 
+def process_identity(pid: int) -> dict[str, Any]:
+    """What tells this process (and its group and session) from a later one that reuses the numbers."""
+    identity: dict[str, Any] = {"pid": pid, "start_time": None, "pgid": None, "sid": None}
+    try:
+        identity.update(pgid=os.getpgid(pid), sid=os.getsid(pid), start_time=psutil.Process(pid).create_time())
+    except (OSError, psutil.Error):
+        pass
+    return identity
+
+
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    """For the payload's leader, between fork and exec: it gets SIGKILL when the pilot dies (Linux), so
+    a killed pilot does not leave its payload writing on into an abandoned work dir. The C function is
+    looked up here, in the pilot, so that the child only calls it."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        prctl = None
+
+    def arm() -> None:
+        if prctl is None or prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+            return
+        if os.getppid() != parent:  # the pilot died before the signal was armed
+            os._exit(137)
+
+    return arm
+
+
 def payload_env(job: Job, workdir: Path, base: dict[str, str]) -> dict[str, str]:
     keep = PASS_ENV if job.is_analysis else PASS_ENV + PILOT_CREDENTIALS
     env = {k: v for k, v in base.items() if k in keep or k.startswith("LC_")}
@@ -64,6 +93,7 @@ def payload_env(job: Job, workdir: Path, base: dict[str, str]) -> dict[str, str]
         "ATHENA_CORE_NUMBER": cores,
         "TMPDIR": str(tmp),
         "PILOT_JOB_REPORT": str(workdir / JOB_REPORT),
+        "PILOT_INPUT_MANIFEST": str(workdir / INPUT_MANIFEST),  # written by stage-in (pilot/staging.py)
     })
     return env
 
@@ -135,6 +165,7 @@ class Payload:
             self.proc = subprocess.Popen(
                 self.argv, cwd=self.workdir, env=self.env, stdin=subprocess.DEVNULL,
                 stdout=stdout, stderr=stderr, start_new_session=True, close_fds=True,
+                preexec_fn=_die_with_parent(os.getpid()),
             )
         except OSError as exc:
             raise PilotError(ErrorCode.PAYLOAD_FAILED, f"cannot execute {self.argv[0]}: {exc.strerror}") from None

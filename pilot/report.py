@@ -1,4 +1,11 @@
-"""What a job leaves behind for the dispatcher: the job log file, the log tarball, metrics and tails."""
+"""What a job leaves behind for the dispatcher: the final report, the job log file, the log tarball,
+metrics and tails.
+
+The final report is one value (FinalReport), put together in one place (final_report) from what the
+job run knows (JobFacts), and delivered by one sender (send_final): the normal run, a job that never ran
+and a recovered job all go through them. The sender keeps the report owed in the journal until the
+dispatcher has taken it.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +15,18 @@ import logging
 import tarfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
+from pilot.dispatcher.base import Dispatcher, DispatcherError, FailureKind, JobUpdate
 from pilot.errors import ErrorCode, PilotError, one_line
 from pilot.layout import JOB_REPORT, JOURNAL, PILOT_LOG, STDERR, STDOUT
+from pilot.staging import Transferred, output_report
+
+if TYPE_CHECKING:
+    from pilot.job import Job
+    from pilot.journal import Journal
 
 log = logging.getLogger(__name__)
 
@@ -104,3 +118,145 @@ def job_metrics(**metrics: Any) -> str:
 
 def utc(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
+
+
+def _is_int32(value: Any) -> bool:
+    """A JSON integer the server can store (a bool is not one)."""
+    return isinstance(value, int) and not isinstance(value, bool) and -(2**31) <= value < 2**31
+
+
+# --- the final report ---------------------------------------------------------------------------------
+@dataclass
+class FinalReport:
+    """The last word about one job: its final state and the fields that go with it (v1 names)."""
+
+    panda_id: int
+    attempt_nr: int
+    state: str  # finished or failed
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def error_code(self) -> int:
+        return int(self.fields.get("pilot_error_code") or 0)
+
+    def update(self, identity: dict[str, Any]) -> JobUpdate:
+        return JobUpdate(job_id=self.panda_id, job_status=self.state, attempt_nr=self.attempt_nr,
+                         **identity, **self.fields)
+
+    def owed(self) -> dict[str, Any]:
+        """As the journal keeps it."""
+        return {"state": self.state, **self.fields}
+
+    @classmethod
+    def from_owed(cls, panda_id: int, attempt_nr: int, owed: dict[str, Any]) -> FinalReport:
+        fields = {k: v for k, v in owed.items() if k != "state" and k in JobUpdate.__dataclass_fields__}
+        return cls(panda_id, attempt_nr, "finished" if owed.get("state") == "finished" else "failed", fields)
+
+    @classmethod
+    def failure(cls, panda_id: int, attempt_nr: int, error: PilotError, **fields: Any) -> FinalReport:
+        return cls(panda_id, attempt_nr, "failed",
+                   {"pilot_error_code": int(error.code), "pilot_error_diag": error.diag, **fields})
+
+
+@dataclass
+class JobFacts:
+    """What the job run knows when its report is put together."""
+
+    job: Job
+    workdir: Path
+    error: Optional[PilotError]
+    exit_code: Optional[int]
+    files: list[Transferred]  # outputs and the log, as in storage
+    timing: dict[str, float]
+    started: float
+    bytes_in: int = 0
+    bytes_out: int = 0
+    cpu_seconds: Optional[float] = None  # None: the payload's figures are not known (never ran, or recovered)
+    max_rss_kb: int = 0
+    max_pss_kb: int = 0
+    max_vmem_kb: int = 0
+
+
+def final_report(facts: JobFacts) -> FinalReport:
+    """The job's final report. Should gathering the figures fail (a pilot bug), the report still says
+    what it must: the job's error, the exit code, and the files already in storage."""
+    job = facts.job
+    try:
+        fields = _all_fields(facts)
+    except Exception as exc:
+        log.exception("the final report of job %d cannot be put together", job.panda_id)
+        if facts.error is None:
+            facts.error = PilotError(ErrorCode.UNKNOWN_EXCEPTION, f"final report: {type(exc).__name__}: {exc}")
+        fields = _essential_fields(facts)
+    state = "failed" if facts.error is not None else "finished"
+    return FinalReport(job.panda_id, job.attempt_nr, state, fields)
+
+
+def _all_fields(facts: JobFacts) -> dict[str, Any]:
+    job, error, workdir = facts.job, facts.error, facts.workdir
+    failed = error is not None
+    job_report = read_job_report(workdir)
+    fields: dict[str, Any] = {
+        "trans_exit_code": facts.exit_code if facts.exit_code is not None else (0 if not failed else None),
+        "pilot_error_code": int(error.code) if error is not None else 0,
+        "pilot_error_diag": error.diag if error is not None else None,
+        "core_count": job.core_count,
+        "n_input_files": len(job.inputs),
+        "start_time": utc(facts.started),
+        "end_time": utc(time.time()),
+        "job_output_report": output_report(job, facts.files) if facts.files else None,
+        "pilot_timing": pilot_timing(facts.timing),
+        "pilot_log": tail(workdir / PILOT_LOG, 1024),
+        "stdout": tail(workdir / STDOUT, 2048) or None,
+    }
+    if facts.cpu_seconds is not None:
+        fields.update(cpu_consumption_time=int(round(facts.cpu_seconds)), cpu_consumption_unit="s",
+                      cpu_conversion_factor=1.0)
+        fields["max_rss"] = max(facts.max_rss_kb, 0) or None
+    fields.update(max_pss=facts.max_pss_kb or None, max_vmem=facts.max_vmem_kb or None)
+    if job_report is not None:
+        fields["meta_data"] = json.dumps(job_report)
+        exit_code, events = job_report.get("exitCode"), job_report.get("nEvents")
+        if _is_int32(exit_code) and exit_code != 0:
+            fields["exe_error_code"] = exit_code
+            fields["exe_error_diag"] = one_line(str(job_report.get("exitMsg", "")))
+        if _is_int32(events) and events >= 0:
+            fields["n_events"] = events
+    fields["job_metrics"] = job_metrics(coreCount=job.core_count, nInputFiles=len(job.inputs),
+                                        bytesIn=facts.bytes_in, bytesOut=facts.bytes_out)
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def _essential_fields(facts: JobFacts) -> dict[str, Any]:
+    assert facts.error is not None
+    fields: dict[str, Any] = {"pilot_error_code": int(facts.error.code), "pilot_error_diag": facts.error.diag}
+    if facts.exit_code is not None:
+        fields["trans_exit_code"] = facts.exit_code
+    try:
+        fields["job_output_report"] = output_report(facts.job, facts.files)
+    except Exception:
+        log.exception("no output report for job %d", facts.job.panda_id)
+    return fields
+
+
+def send_final(dispatcher: Dispatcher, identity: dict[str, Any], report: FinalReport,
+               journal: Optional[Journal] = None) -> bool:
+    """Deliver the final report: owed in the journal first, sent, then settled. True when the dispatcher
+    took it; False when it could not (the report stays owed in the journal, for recovery). A refusal of
+    the pilot's credentials is raised (the pilot stops)."""
+    if journal is not None:
+        journal.owe_final(report.owed())
+    try:
+        dispatcher.update_job(report.update(identity))
+    except DispatcherError as exc:
+        log.error("final report of job %d not delivered, kept in the journal: %s", report.panda_id, exc.diag)
+        if exc.kind is FailureKind.AUTH:
+            raise
+        return False
+    except Exception:  # a client bug: the report stays owed, in the journal
+        log.exception("final report of job %d not delivered, kept in the journal", report.panda_id)
+        return False
+    if journal is not None:
+        journal.settled(report.state)
+    log.info("job %d %s (error %d) reported", report.panda_id, report.state, report.error_code)
+    return True

@@ -1,12 +1,36 @@
 """The SiteMover interface: move one file, verify it, say what happened.
 
-Movers know nothing of jobs or dispatchers. The caller (pilot/staging.py) chooses the mover, builds the
-source and destination, decides on retries and maps a TransferError to a job error code.
+Movers know nothing of jobs or dispatchers. The caller (pilot/staging.py) chooses the movers, builds the
+source and destination, decides on retries, fallback and direct access, and maps a TransferError to a job
+error code.
+
+Writing a mover (the seam for every family)
+-------------------------------------------
+Subclass `SiteMover`, set `name` and the capability attributes, and implement the primitives:
+
+- `fetch(source, tmp, expected, cancel) -> RemoteFile`: copy the remote `source` to the local path `tmp`
+  and return the size and checksum of the bytes written there (computed while copying, or by the tool).
+  `get()` wraps it: `tmp` is a `partial_name` in the destination's directory, the result is verified
+  against `expected`, and only then renamed to the final name; `tmp` never survives a failure.
+- `send(source, tmp_url, expected, cancel) -> RemoteFile`: copy the local file to the remote `tmp_url`
+  (a `partial_name` beside the destination); return the local size and checksum of what was sent.
+  `put()` wraps it: `stat(tmp_url)` must then report the same size (and checksum, when the storage
+  reports one: `server_checksum`), then `rename(tmp_url, destination)` publishes it, refusing to
+  replace an existing file; `remove(tmp_url)` cleans up on any failure.
+- `stat(url) -> Optional[RemoteFile]` (None: no such file), `remove(url)`, `rename(src_url, dst_url)`.
+- optionally `turl(url)` (direct_read movers), `prepare(urls)` / `poll(urls)` (prepare_phase movers).
+A family whose storage cannot rename (an upload API that registers the file, say) overrides `put()`
+itself and keeps the contract: nothing under the final name until verified.
+
+Command-line families run their tools through `sitemovers.command.run`, never through a shell.
 """
 
 from __future__ import annotations
 
 import enum
+import os
+import re
+import secrets
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -16,9 +40,16 @@ from typing import Any, ClassVar, Optional
 from sitemovers.checksum import Checksum
 
 
+class Direction(str, enum.Enum):
+    IN = "in"
+    OUT = "out"
+
+
 class Outcome(str, enum.Enum):
     COPIED = "copied"
     DIRECT = "direct"  # left in place for the payload to read remotely (not a failure)
+    FROM_CACHE = "from_cache"  # served by a staging hook (the node cache)
+    ALREADY_DONE = "already_done"  # the destination already held this very file (same size and checksum)
     ON_TAPE = "on_tape"  # must be recalled first (not a failure of the mover)
 
 
@@ -28,13 +59,23 @@ class Failure(str, enum.Enum):
     CHECKSUM_MISMATCH = "checksum_mismatch"
     NO_SPACE = "no_space"
     TIMEOUT = "timeout"
-    AUTH = "auth"
+    AUTH = "auth"  # credentials refused, permission denied
     CANCELLED = "cancelled"
+    EXISTS = "exists"  # the destination holds a different file: never overwritten
+    SETUP = "setup"  # the mover's setup script failed
+    UNSUPPORTED = "unsupported"  # this mover cannot handle the URL or option
     FAILED = "failed"  # anything else
 
     @property
     def retryable(self) -> bool:
+        """Another attempt with the same mover may succeed."""
         return self in (Failure.SIZE_MISMATCH, Failure.CHECKSUM_MISMATCH, Failure.TIMEOUT, Failure.FAILED)
+
+    @property
+    def another_mover_may_help(self) -> bool:
+        """A failure of this mover's access path, not of the file: the next mover in the queue's list
+        is tried. A missing, corrupt or conflicting file, a full disk or a cancel stay what they are."""
+        return self in (Failure.TIMEOUT, Failure.AUTH, Failure.SETUP, Failure.UNSUPPORTED, Failure.FAILED)
 
 
 class TransferError(Exception):
@@ -52,11 +93,20 @@ class Expected:
     fsize: Optional[int] = None
     checksum: Optional[Checksum] = None
     guid: str = ""
+    lfn: str = ""  # for catalogue registration and diagnostics
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """A file as the storage (or the copy) reports it. checksum None: not known there."""
+
+    fsize: int
+    checksum: Optional[Checksum] = None
 
 
 @dataclass
 class TransferResult:
-    location: str  # the local path after a get, the destination URL after a put
+    location: str  # the local path after a get, the destination URL after a put, the TURL for direct
     fsize: int
     checksum: Optional[Checksum]
     outcome: Outcome = Outcome.COPIED
@@ -71,13 +121,71 @@ class MoverSettings:
     prefix_rewrites: list[tuple[str, str]] = field(default_factory=list)  # from copyprefix "from^to"
     space_token: str = ""
     timeout: float = 0.0  # 0: the mover's own default from the file size
-    options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)  # the queue's other settings, by name
+
+
+# --- temporary names ------------------------------------------------------------------------------------
+PARTIAL_SUFFIX = ".part"
+_PARTIAL = re.compile(r"^\..+\.[0-9a-f]{12}\.part$")
+NAME_MAX = 255
+
+
+def partial_name(name: str, token: str = "") -> str:
+    """The one temporary name of a transfer of `name`: `.<name>.<12 hex>.part`, hidden, recognisable by
+    `is_partial`, unique per transfer (`token`, else random). A name too long to carry the decoration is
+    shortened (its head kept): the temporary name only has to be unique and recognisable."""
+    token = (token or secrets.token_hex(6))[:12].rjust(12, "0")
+    room = NAME_MAX - len(f"..{token}{PARTIAL_SUFFIX}".encode())
+    head = name
+    while len(head.encode("utf-8", "surrogatepass")) > room:
+        head = head[:-1]
+    return f".{head}.{token}{PARTIAL_SUFFIX}"
+
+
+def is_partial(name: str) -> bool:
+    """A leftover of an unfinished transfer (any mover, any direction): safe for a cleanup to remove."""
+    return bool(_PARTIAL.match(name))
+
+
+def new_token() -> str:
+    return secrets.token_hex(6)
+
+
+def verify(lfn: str, fsize: int, checksum: Optional[Checksum], expected: Expected) -> None:
+    """Raise TransferError when the size or checksum disagree with what was expected (a checksum of
+    another kind, or none, is not a disagreement)."""
+    if expected.fsize is not None and fsize != expected.fsize:
+        raise TransferError(Failure.SIZE_MISMATCH, f"{lfn}: size {fsize} != expected {expected.fsize}")
+    if (expected.checksum is not None and checksum is not None and checksum.kind == expected.checksum.kind
+            and checksum != expected.checksum):
+        raise TransferError(
+            Failure.CHECKSUM_MISMATCH,
+            f"{lfn}: {checksum.kind} {checksum.value} != expected {expected.checksum.value}",
+            checksum_kind=checksum.kind,
+        )
+
+
+def same_file(a: RemoteFile, b: RemoteFile) -> bool:
+    """Same size and, where both sides know a checksum of the same kind, the same checksum. A file whose
+    checksum cannot be compared is not assumed to be the same."""
+    if a.fsize != b.fsize or a.checksum is None or b.checksum is None:
+        return False
+    return a.checksum == b.checksum
 
 
 class SiteMover(ABC):
-    """One family of storage access. Subclasses register under `name` (entry point group pilot.sitemovers)."""
+    """One family of storage access. Subclasses register under `name` (entry point group pilot.sitemovers).
+
+    The capability attributes are read by the staging layer; a mover says what it can do, nothing is
+    guessed from its name."""
 
     name: ClassVar[str] = ""
+    schemes: ClassVar[tuple[str, ...]] = ()  # URL schemes it handles ("" for plain paths)
+    direct_read: ClassVar[bool] = False  # turl() gives a URL the payload can read remotely
+    server_checksum: ClassVar[bool] = False  # stat() reports the checksum the storage computed
+    needs_setup: ClassVar[bool] = False  # its tools need the queue's copysetup sourced first
+    bulk: ClassVar[bool] = False  # one call can move many files
+    prepare_phase: ClassVar[bool] = False  # prepare()/poll() before any copy (tape, stager latency)
 
     def __init__(self, settings: Optional[MoverSettings] = None) -> None:
         self.settings = settings or MoverSettings()
@@ -88,24 +196,94 @@ class SiteMover(ABC):
                 return new + url[len(old):]
         return url
 
-    @abstractmethod
+    # --- what staging calls ---------------------------------------------------------------------------
     def get(self, source: str, dest: Path, expected: Expected,
             cancel: Optional[threading.Event] = None) -> TransferResult:
-        """Bring `source` to the local path `dest`, verified against `expected`."""
+        """Bring `source` to the local path `dest`, verified against `expected`; nothing under `dest`
+        unless verified."""
+        dest = Path(dest)
+        tmp = dest.with_name(partial_name(dest.name))
+        try:
+            landed = self.fetch(source, tmp, expected, cancel)
+            verify(expected.lfn or dest.name, landed.fsize, landed.checksum, expected)
+            os.replace(tmp, dest)
+        finally:
+            _unlink(tmp)
+        return TransferResult(str(dest), landed.fsize, landed.checksum)
 
-    @abstractmethod
     def put(self, source: Path, destination: str, expected: Expected,
             cancel: Optional[threading.Event] = None) -> TransferResult:
-        """Send the local file `source` to `destination`, verified; returns what landed."""
+        """Send the local file `source` to `destination` under a temporary name, verify it by a remote
+        stat, then rename it; never replaces an existing file (Failure.EXISTS)."""
+        tmp_url = partial_url(destination)
+        try:
+            sent = self.send(Path(source), tmp_url, expected, cancel)
+            verify(expected.lfn or destination, sent.fsize, sent.checksum, expected)
+            remote = self.stat(tmp_url)
+            if remote is None:
+                raise TransferError(Failure.FAILED, f"{destination}: not found at the storage after the copy")
+            name = expected.lfn or destination
+            if remote.fsize != sent.fsize:
+                raise TransferError(Failure.SIZE_MISMATCH,
+                                    f"{name}: storage reports {remote.fsize} bytes, {sent.fsize} sent")
+            if remote.checksum is not None and sent.checksum is not None and \
+                    remote.checksum.kind == sent.checksum.kind and remote.checksum != sent.checksum:
+                raise TransferError(Failure.CHECKSUM_MISMATCH,
+                                    f"{name}: storage reports {remote.checksum}, {sent.checksum} sent",
+                                    checksum_kind=remote.checksum.kind)
+            self.rename(tmp_url, destination)
+        except BaseException:
+            try:
+                self.remove(tmp_url)
+            except (TransferError, OSError):
+                pass
+            raise
+        return TransferResult(destination, sent.fsize, sent.checksum)
+
+    # --- what a family implements -------------------------------------------------------------------
+    @abstractmethod
+    def fetch(self, source: str, tmp: Path, expected: Expected,
+              cancel: Optional[threading.Event]) -> RemoteFile:
+        """Copy `source` to the local temporary path `tmp`; the size and checksum of what landed."""
+
+    @abstractmethod
+    def send(self, source: Path, tmp_url: str, expected: Expected,
+             cancel: Optional[threading.Event]) -> RemoteFile:
+        """Copy the local `source` to the remote temporary `tmp_url`; the size and checksum sent."""
+
+    @abstractmethod
+    def stat(self, url: str) -> Optional[RemoteFile]:
+        """The file at `url` as the storage reports it; None when there is none."""
+
+    @abstractmethod
+    def remove(self, url: str) -> None:
+        """Remove `url`; no error when it does not exist."""
+
+    @abstractmethod
+    def rename(self, src_url: str, dst_url: str) -> None:
+        """Publish `src_url` as `dst_url`, refusing (Failure.EXISTS) to replace an existing file."""
+
+    def turl(self, url: str) -> str:
+        """The URL the payload opens to read `url` directly (direct_read movers)."""
+        raise TransferError(Failure.UNSUPPORTED, f"{self.name}: no direct read")
+
+    def prepare(self, urls: list[str]) -> None:
+        """Ask the storage to bring `urls` online (prepare_phase movers); returns at once."""
+        return None
+
+    def poll(self, urls: list[str]) -> dict[str, bool]:
+        """Which of `urls` are online now."""
+        return {url: True for url in urls}
 
 
-def verify(lfn: str, fsize: int, checksum: Optional[Checksum], expected: Expected) -> None:
-    """Raise TransferError when the size or checksum disagree with what was expected."""
-    if expected.fsize is not None and fsize != expected.fsize:
-        raise TransferError(Failure.SIZE_MISMATCH, f"{lfn}: size {fsize} != expected {expected.fsize}")
-    if expected.checksum is not None and checksum is not None and checksum != expected.checksum:
-        raise TransferError(
-            Failure.CHECKSUM_MISMATCH,
-            f"{lfn}: {checksum.kind} {checksum.value} != expected {expected.checksum.value}",
-            checksum_kind=checksum.kind,
-        )
+def partial_url(url: str, token: str = "") -> str:
+    """The temporary sibling of a storage URL or path: its last component through `partial_name`."""
+    head, sep, name = url.rpartition("/")
+    return f"{head}{sep}{partial_name(name, token)}"
+
+
+def _unlink(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

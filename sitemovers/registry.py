@@ -14,6 +14,7 @@ GROUP = "pilot.sitemovers"
 # What this distribution ships, so a checkout that is not pip-installed still finds its own movers.
 BUILTIN = {
     "local": "sitemovers.local:LocalSiteMover",
+    "lsm": "sitemovers.local:LsmSiteMover",
 }
 
 

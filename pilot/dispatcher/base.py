@@ -89,6 +89,7 @@ class JobUpdate:
     site_name: Optional[str] = None
     scheduler_id: Optional[str] = None
     pilot_id: Optional[str] = None
+    batch_id: Optional[str] = None
     trans_exit_code: Optional[int] = None
     pilot_error_code: Optional[int] = None
     pilot_error_diag: Optional[str] = None

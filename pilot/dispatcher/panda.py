@@ -47,7 +47,7 @@ GET_JOB_FIELDS: dict[str, str] = {
 UPDATE_JOB_FIELDS: dict[str, str] = {
     "job_id": "jobId", "job_status": "state", "attempt_nr": "attemptNr", "node": "node",
     "site_name": "siteName", "scheduler_id": "schedulerID", "pilot_id": "pilotID",
-    "trans_exit_code": "transExitCode", "pilot_error_code": "pilotErrorCode",
+    "batch_id": "batchID", "trans_exit_code": "transExitCode", "pilot_error_code": "pilotErrorCode",
     "pilot_error_diag": "pilotErrorDiag", "exe_error_code": "exeErrorCode", "exe_error_diag": "exeErrorDiag",
     "cpu_consumption_time": "cpuConsumptionTime", "cpu_consumption_unit": "cpuConsumptionUnit",
     "cpu_conversion_factor": "cpuConversionFactor", "core_count": "coreCount", "n_events": "nEvents",

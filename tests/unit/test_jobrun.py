@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 from pilot.config import PilotConfig, QueueConfig
@@ -13,7 +17,8 @@ from pilot.dispatcher.base import Dispatcher, DispatcherError, FailureKind, JobS
 from pilot.dispatcher.local import LocalDispatcher
 from pilot.errors import ErrorCode, PilotError
 from pilot.job import parse_job
-from pilot.jobrun import JobRun, PilotContext, report_unrun
+from pilot.jobrun import STEPS, JobRun, PilotContext, report_unrun
+from pilot.journal import Journal
 from pilot.node import NodeInfo
 from sitemovers.registry import Registry
 
@@ -111,7 +116,7 @@ def test_a_broken_report_is_still_sent_as_a_pilot_failure(tmp_path, monkeypatch)
     def broken(*args, **kwargs):
         raise KeyError("guid")
 
-    monkeypatch.setattr("pilot.jobrun.output_report", broken)
+    monkeypatch.setattr("pilot.report.output_report", broken)
     result = JobRun(job(), context(tmp_path, local), tmp_path / "work" / "job7").run()
     assert result.reported and result.error_code == ErrorCode.UNKNOWN_EXCEPTION
     final = local.history(7)[-1]
@@ -122,11 +127,96 @@ def test_a_broken_report_keeps_the_job_error_and_the_files_in_storage(tmp_path, 
     local = LocalDispatcher(tmp_path / "jobs")
 
     def broken(*args, **kwargs):
-        raise ValueError("tail")
+        raise ValueError("job report")
 
-    monkeypatch.setattr("pilot.jobrun.tail", broken)
+    monkeypatch.setattr("pilot.report.read_job_report", broken)
     result = JobRun(job(script="exit 3"), context(tmp_path, local), tmp_path / "work" / "job7").run()
     assert result.reported and result.error_code == ErrorCode.PAYLOAD_FAILED
     final = local.history(7)[-1]
     assert final["pilot_error_code"] == ErrorCode.PAYLOAD_FAILED and final["trans_exit_code"] == 3
     assert list(final["job_output_report"]) == ["7.log.tgz"]
+
+
+def test_the_journal_says_who_owned_the_job_what_the_payload_was_and_how_it_ended(tmp_path):
+    local = LocalDispatcher(tmp_path / "jobs")
+    ctx = context(tmp_path, local)
+    ctx.config.keep_workdirs = True
+    workdir = tmp_path / "work" / "job7"
+    JobRun(job(script="exit 3"), ctx, workdir).run()
+    journal = json.loads((workdir / "journal.json").read_text())
+    owner = journal["owner"]
+    assert owner["pid"] == os.getpid() and owner["boot_id"] and owner["node"] == "node01"
+    assert owner["start_time"] == pytest.approx(psutil.Process().create_time())
+    identity = journal["payload"]
+    assert identity["pid"] == identity["pgid"] == identity["sid"] and identity["start_time"] > owner["start_time"]
+    assert journal["outcome"]["payload_done"]["exit_code"] == 3
+    assert journal["error"]["code"] == ErrorCode.PAYLOAD_FAILED
+    assert journal["step"] == "reported"
+
+
+def test_running_is_reported_once_the_payload_has_started(tmp_path):
+    class Watching(LocalDispatcher):
+        seen: list = []
+
+        def update_job(self, update):
+            if update.job_status == "running":
+                on_disk = json.loads((tmp_path / "work" / "job7" / "journal.json").read_text())
+                self.seen.append(on_disk["payload"].get("pid"))
+            return super().update_job(update)
+
+    local = Watching(tmp_path / "jobs")
+    JobRun(job(), context(tmp_path, local), tmp_path / "work" / "job7").run()
+    assert [h["job_status"] for h in local.history(7)] == ["starting", "running", "finished"]
+    assert local.seen and local.seen[0], "the payload had started (and was recorded) before 'running'"
+
+
+def test_resume_re_enters_after_the_payload_without_running_it_again(tmp_path, monkeypatch):
+    local = LocalDispatcher(tmp_path / "jobs")
+    workdir = tmp_path / "work" / "job7"
+
+    def pilot_dies(self):
+        raise SystemExit("killed")  # not an error the job run handles: like a pilot that is gone
+
+    with monkeypatch.context() as patch:
+        steps = tuple(s if s.name != "stageout" else dataclasses.replace(s, action=pilot_dies) for s in STEPS)
+        patch.setattr("pilot.jobrun.STEPS", steps)
+        with pytest.raises(SystemExit):
+            JobRun(job(script="echo run >> runs; echo hi > out.dat"), context(tmp_path, local), workdir).run()
+    journal = Journal.load(workdir / "journal.json")
+    assert journal.step == "payload_done" and journal.outcome["payload_done"]["exit_code"] == 0
+    result = JobRun.resume(journal, context(tmp_path, local))
+    assert result.reported and result.state == "finished"
+    states = [h["job_status"] for h in local.history(7)]
+    assert states == ["starting", "running", "finished"], "nothing reported twice, the payload not run again"
+    assert set(local.history(7)[-1]["job_output_report"]) == {"out.dat", "7.log.tgz"}
+    assert (tmp_path / "se" / "out.dat").read_text() == "hi\n"
+    assert not workdir.exists(), "removed once the report was taken"
+
+
+def test_resume_sends_the_report_a_dead_pilot_owed(tmp_path):
+    workdir = tmp_path / "work" / "job7"
+    JobRun(job(), context(tmp_path, Unreachable()), workdir).run()
+    local = LocalDispatcher(tmp_path / "jobs")
+    owed = Journal.load(workdir / "journal.json")
+    assert owed.final is not None
+    end_time = owed.final["end_time"]
+    result = JobRun.resume(owed, context(tmp_path, local))
+    assert result.reported and [h["job_status"] for h in local.history(7)] == ["finished"]
+    assert local.history(7)[-1]["end_time"] == end_time, "the owed report, not a new one"
+
+
+def test_resume_with_an_error_reports_the_job_failed_and_still_ships_the_log(tmp_path, monkeypatch):
+    local = LocalDispatcher(tmp_path / "jobs")
+    workdir = tmp_path / "work" / "job7"
+    steps = tuple(s if s.name != "payload" else dataclasses.replace(s, action=lambda self: sys.exit(9))
+                  for s in STEPS)
+    with monkeypatch.context() as patch:
+        patch.setattr("pilot.jobrun.STEPS", steps)
+        with pytest.raises(SystemExit):
+            JobRun(job(), context(tmp_path, local), workdir).run()
+    journal = Journal.load(workdir / "journal.json")
+    lost = PilotError(ErrorCode.LOST_JOB_NOT_FINISHED, "the payload never ended")
+    result = JobRun.resume(journal, context(tmp_path, local), error=lost)
+    assert (result.state, result.error_code, result.reported) == ("failed", 1153, True)
+    final = local.history(7)[-1]
+    assert final["pilot_error_code"] == 1153 and list(final["job_output_report"]) == ["7.log.tgz"]

@@ -10,6 +10,7 @@ import pytest
 from pilot import fsutil
 from pilot.journal import STEPS, Journal
 from pilot.layout import JOURNAL as JOURNAL_NAME
+from pilot.layout import JOURNAL_FILES
 
 RAW = {"PandaID": "7", "attemptNr": "1", "transformation": "run.sh"}
 
@@ -20,8 +21,9 @@ def journal(tmp_path):
 
 
 def on_disk(tmp_path) -> dict:
-    """The journal as a reader sees it; also checks that nothing but the journal is in the directory."""
-    assert sorted(os.listdir(tmp_path)) == [JOURNAL_NAME], "temporary files left behind"
+    """The journal as a reader sees it; also checks that nothing but the journal (and its file events)
+    is in the directory."""
+    assert set(os.listdir(tmp_path)) <= {JOURNAL_NAME, JOURNAL_FILES}, "temporary files left behind"
     return json.loads((tmp_path / JOURNAL_NAME).read_text())
 
 
@@ -41,8 +43,9 @@ def test_every_step_leaves_valid_json_and_no_temp_file(journal, tmp_path):
     journal.reach("staged_in")
     assert on_disk(tmp_path)["step"] == "staged_in"
     journal.file_done("in", "a.root", fsize=3, checksum="ad:00000001", location="/w/a.root")
-    assert on_disk(tmp_path)["files"]["in:a.root"]["fsize"] == 3
+    assert Journal.load(tmp_path / JOURNAL_NAME).file_info("in", "a.root")["fsize"] == 3
     journal.reported("running")
+    assert on_disk(tmp_path)["files"]["in:a.root"]["fsize"] == 3  # the snapshot, with the next save
     assert on_disk(tmp_path)["state"] == "running"
     journal.owe_final({"job_status": "finished"})
     assert on_disk(tmp_path)["final"] == {"job_status": "finished"}
@@ -142,3 +145,40 @@ def test_atomic_write_json_replaces_whole_file(tmp_path):
     assert json.loads(target.read_text()) == {"short": 1}
     assert os.listdir(tmp_path) == ["x.json"]
     assert target.stat().st_mode & 0o777 == 0o644
+
+
+# --- file events -------------------------------------------------------------------------------------
+def test_a_file_event_appends_one_line_and_rewrites_nothing(journal, tmp_path):
+    before = (tmp_path / JOURNAL_NAME).read_bytes()
+    for n in range(3):
+        journal.file_done("out", f"f{n}.root", fsize=n, location=f"/se/f{n}.root")
+    assert (tmp_path / JOURNAL_NAME).read_bytes() == before
+    lines = (tmp_path / JOURNAL_FILES).read_text().splitlines()
+    assert [json.loads(line)["key"] for line in lines] == ["out:f0.root", "out:f1.root", "out:f2.root"]
+
+
+def test_a_torn_last_event_is_ignored_and_the_rest_survives(journal, tmp_path):
+    journal.file_done("out", "a.root", fsize=1)
+    journal.file_done("out", "b.root", fsize=2)
+    events = tmp_path / JOURNAL_FILES
+    events.write_bytes(events.read_bytes()[:-7])  # a crash in the middle of the second append
+    loaded = Journal.load(tmp_path / JOURNAL_NAME)
+    assert loaded.file_info("out", "a.root")["fsize"] == 1
+    assert loaded.file_info("out", "b.root") is None
+
+
+def test_the_event_file_is_never_followed_through_a_link(journal, tmp_path):
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    outside.write_text("not the pilot's\n")
+    (tmp_path / JOURNAL_FILES).symlink_to(outside)
+    journal.file_done("out", "a.root", fsize=1)  # logged, not raised, not written through the link
+    assert outside.read_text() == "not the pilot's\n"
+    assert Journal.load(tmp_path / JOURNAL_NAME).file_info("out", "a.root") is None
+
+
+def test_events_folded_over_an_older_snapshot(journal, tmp_path):
+    journal.file_done("in", "a.root", fsize=1, location="/w/a.root")
+    journal.save()  # the snapshot has a.root
+    journal.file_done("out", "b.root", fsize=2, location="/se/b.root")
+    loaded = Journal.load(tmp_path / JOURNAL_NAME)
+    assert set(loaded.files) == {"in:a.root", "out:b.root"}

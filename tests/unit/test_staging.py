@@ -57,6 +57,11 @@ def fake_mover(script: list):
             self._next("put", destination)
             return TransferResult(destination, Path(source).stat().st_size, None)
 
+        def stat(self, url):
+            return None
+
+        fetch = send = remove = rename = None  # get/put are scripted whole
+
     return Fake
 
 
@@ -88,7 +93,8 @@ def journal(work):
 
 
 def stager(se, sleep=None, registry=None, cancel=None, **queue) -> Stager:
-    settings = dict(se=str(se), stagein_retries=3, stageout_retries=2, transfer_retry_wait=7.0)
+    # one file at a time unless a test asks for more: call orders and counts stay deterministic
+    settings = dict(se=str(se), stagein_retries=3, stageout_retries=2, transfer_retry_wait=7.0, transfer_threads=1)
     settings.update(queue)
     return Stager(QueueConfig(name="Q", **settings), registry or Registry(), cancel or threading.Event(),
                   sleep=sleep or Sleeps())
@@ -286,7 +292,7 @@ def test_stage_out_without_se_is_a_clear_error(work, journal, make_job):
     ((Failure.CHECKSUM_MISMATCH, "md5"), 1141),
     (Failure.TIMEOUT, 1152),
     (Failure.NOT_FOUND, 1137),
-    (Failure.AUTH, 1137),
+    (Failure.AUTH, 1383),
 ])
 def test_put_failure_codes(se, work, journal, make_job, failure, code):
     fake = fake_mover([failure] * 5)
@@ -322,7 +328,11 @@ def test_put_retry_then_success(se, work, journal, make_job):
     ("in", Failure.CHECKSUM_MISMATCH, "", ErrorCode.GET_ADLER32_MISMATCH),
     ("in", Failure.NO_SPACE, "", ErrorCode.NO_LOCAL_SPACE),
     ("in", Failure.TIMEOUT, "", ErrorCode.LOOPING_STAGEIN),
-    ("in", Failure.AUTH, "", ErrorCode.STAGEIN_FAILED),
+    ("in", Failure.AUTH, "", ErrorCode.STAGEIN_AUTH),
+    ("in", Failure.SETUP, "", ErrorCode.SETUP_FAILURE),
+    ("out", Failure.EXISTS, "", ErrorCode.FILE_EXISTS),
+    ("out", Failure.NO_SPACE, "", ErrorCode.NO_REMOTE_SPACE),
+    ("out", Failure.AUTH, "", ErrorCode.STAGEOUT_AUTH),
     ("in", Failure.CANCELLED, "", ErrorCode.STAGEIN_FAILED),
     ("out", Failure.SIZE_MISMATCH, "", ErrorCode.PUT_SIZE_MISMATCH),
     ("out", Failure.CHECKSUM_MISMATCH, "adler32", ErrorCode.PUT_ADLER32_MISMATCH),
