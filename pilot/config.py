@@ -37,6 +37,10 @@ class QueueConfig:
     transfer_retry_wait: float = 10.0  # s between transfer attempts
     maxinputsize: int = 0  # MB of inputs a job may bring in; 0: no limit
     allowdirectaccess: bool = False
+    trace_url: str = ""  # Rucio's trace endpoint (http(s)://host/traces/): one trace per file transfer
+    rucio_register: bool = False  # the rucio mover registers its uploads (default: upload only)
+    rucio_python: str = ""  # the interpreter with rucio-clients (default: python3 after copysetup)
+    gfal2_path: str = ""  # a directory holding the gfal2 Python module, when the pilot cannot import it
     link_inputs: bool = False  # the local mover hard-links inputs instead of copying (a read-only SE)
     transfer_threads: int = 4  # files moved at once
     prepare_timeout: float = 3600.0  # s to wait for a prepare phase (tape recall, stager) to bring inputs online

@@ -44,6 +44,7 @@ from pilot.job import FileSpec, Job
 from pilot.journal import Journal
 from pilot.layout import INPUT_MANIFEST, POOL_FILE_CATALOG
 from pilot.node import free_mb
+from pilot.traces import Tracer
 from sitemovers.base import (
     Direction,
     Expected,
@@ -136,6 +137,7 @@ class Stager:
         self.cancel = cancel
         self.sleep = sleep
         self.hooks = list(hooks)
+        self.tracer = Tracer(queue.name, queue.trace_url)
 
     # --- movers and URLs ------------------------------------------------------------------------------
     def movers(self, direction: Direction) -> list[SiteMover]:
@@ -144,7 +146,9 @@ class Stager:
         setup = (queue.copysetupin or queue.copysetup) if direction is Direction.IN else queue.copysetup
         settings = MoverSettings(setup=setup, prefix_rewrites=queue.rewrites(direction.value),
                                  space_token=queue.setokens,
-                                 options={"link_inputs": queue.link_inputs, **queue.extra})
+                                 options={"link_inputs": queue.link_inputs, "rucio_register": queue.rucio_register,
+                                          "rucio_python": queue.rucio_python, "gfal2_path": queue.gfal2_path,
+                                          **queue.extra})
         movers = []
         for name in queue.movers(direction.value) or ["local"]:
             try:
@@ -171,6 +175,7 @@ class Stager:
         if self.queue.maxinputsize and needed > self.queue.maxinputsize:
             raise PilotError(ErrorCode.NO_LOCAL_SPACE,
                              f"inputs of {needed} MB exceed the queue's maxinputsize {self.queue.maxinputsize} MB")
+        self.tracer.job(job.panda_id, job.is_analysis)
         pending = {spec.lfn for spec in todo}
         items = [StageItem(spec, self.url(spec) if spec.lfn in pending else "", str(workdir / spec.lfn),
                            Expected(spec.fsize, spec.checksum, spec.guid, spec.lfn)) for spec in job.inputs]
@@ -180,6 +185,7 @@ class Stager:
 
     def stage_out(self, job: Job, files: list[tuple[FileSpec, Path]], journal: Journal) -> list[Transferred]:
         path = self.queue.sepath if job.is_analysis else self.queue.seprodpath
+        self.tracer.job(job.panda_id, job.is_analysis)
         items = []
         for spec, local in files:
             dest = self.url(spec, path) if not journal.file_info("out", spec.lfn) else ""
@@ -242,7 +248,9 @@ class Stager:
         else:
             item.expected = self._check_output(item)
         if result is None:
-            result = self._with_movers(direction, item, movers)
+            with self.tracer.transfer(direction.value, item.spec, item.source if direction is Direction.IN
+                                      else item.dest, movers[0].name):
+                result = self._with_movers(direction, item, movers)
             if direction is Direction.IN and result.outcome is Outcome.COPIED:
                 for hook in self.hooks:
                     _safely(hook.after_get, item, Path(result.location))
@@ -270,6 +278,7 @@ class Stager:
                     log.warning("no TURL for %s from %s: %s", item.spec.lfn, mover.name, exc.diag)
                     continue
                 log.info("stage-in %s: direct access %s (%s)", item.spec.lfn, turl, mover.name)
+                self.tracer.send(self.tracer.new("in", item.spec, turl, mover.name).finish("FOUND_ROOT"))
                 return TransferResult(turl, item.spec.fsize or 0, item.spec.checksum, Outcome.DIRECT)
         return None
 

@@ -12,6 +12,8 @@ import logging
 import socket
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
@@ -87,3 +89,40 @@ class TraceSender:
             self._warned = True  # once per sender: a dead endpoint must not flood the log
             log.warning("trace for %s not sent to %s (%s); transfers go on", trace.filename, self.url, problem)
         return ok
+
+
+class Tracer:
+    """The staging loop's side of traces: one per stager, told the job once, asked for one trace per file.
+
+    `with tracer.transfer("in", spec, url, "xrootd"):` sends DONE when the block ends normally and FAILED
+    (with the error's one-line diagnostic) when it raises; the exception goes on unchanged."""
+
+    def __init__(self, queue: str, url: str = "", sender: Optional[TraceSender] = None) -> None:
+        self.queue = queue
+        self.sender = sender or (TraceSender(url) if url else None)
+        self.appid = ""
+        self.analysis = False
+
+    def job(self, panda_id: int, analysis: bool) -> None:
+        self.appid, self.analysis = str(panda_id), analysis
+
+    def new(self, direction: str, spec: Any, url: str, protocol: str) -> Trace:
+        return Trace(eventType=event_type(direction, self.analysis), scope=spec.scope or "", filename=spec.lfn,
+                     dataset=spec.dataset or "", datasetScope=spec.scope or "", guid=spec.guid or "",
+                     filesize=int(spec.fsize or 0), localSite=self.queue, pq=self.queue,
+                     remoteSite=getattr(spec, "ddm_endpoint", "") or "", protocol=protocol, url=url,
+                     appid=self.appid, transferStart=time.time())
+
+    def send(self, trace: Trace) -> None:
+        if self.sender is not None:
+            self.sender.send(trace)
+
+    @contextmanager
+    def transfer(self, direction: str, spec: Any, url: str, protocol: str) -> Iterator[Trace]:
+        trace = self.new(direction, spec, url, protocol)
+        try:
+            yield trace
+        except BaseException as exc:
+            self.send(trace.finish("FAILED", str(getattr(exc, "diag", "") or exc)))
+            raise
+        self.send(trace.finish(trace.clientState if trace.clientState != "INIT" else "DONE"))

@@ -70,3 +70,19 @@ def write_file(path: Path, size: int = 100_000) -> Checksum:
     data = os.urandom(size)
     path.write_bytes(data)
     return Checksum("adler32", f"{zlib.adler32(data) & 0xFFFFFFFF:08x}")
+
+
+def one_file_job(lfn: str, data: bytes, scope: str = "tests", out: str = "out.root", **extra: str):
+    """A job with one input (`lfn`, its size and adler32 from `data`) and one output `out`."""
+    from pilot.job import parse_job
+    from tests.unit.conftest import _job_dict
+
+    checksum = f"{zlib.adler32(data) & 0xFFFFFFFF:08x}"
+    fields = dict(inFiles=lfn, GUID="0d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6", fsize=str(len(data)),
+                  checksum=f"ad:{checksum}", scopeIn=scope, dispatchDblock="NULL", realDatasetsIn="ds.in",
+                  prodDBlockToken="NULL", ddmEndPointIn="NULL", outFiles=f"{out},log.tgz", realDatasets="ds.out,ds.log",
+                  scopeOut=scope, scopeLog=scope, ddmEndPointOut="NULL,NULL", destinationDBlockToken="NULL,NULL",
+                  GUID_out="", logGUID="5e6f7a8b-9c0d-4e1f-a2b3-c4d5e6f7a8b9", jobPars="")
+    fields.update(extra)
+    fields.pop("GUID_out")
+    return parse_job(_job_dict(**fields))
