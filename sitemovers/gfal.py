@@ -49,7 +49,7 @@ ERRNO_FAILURES = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_gfal2(extra: str = "") -> ModuleType:
     """The gfal2 module: importable as it is, or the compiled module alone from a system directory."""
     try:

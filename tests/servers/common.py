@@ -51,15 +51,32 @@ def _state(pid: int) -> str:
         return "Z"
 
 
-def stop_pid(pid: int, grace: float = 10.0) -> None:
-    """SIGTERM the process we started, SIGKILL it after `grace` seconds."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+def stop_pid(pid: int, grace: float = 10.0, first: int = signal.SIGTERM, group: bool = False) -> None:
+    """Signal the process we started (`first`, SIGTERM by default) and SIGKILL it if it is still there after
+    `grace` seconds. With `group`, its process group gets a SIGKILL in the end as well: it was started as the
+    leader of a session of its own, so the group holds its own processes (a worker it could not stop) only."""
+    if _signal(pid, first) and not _gone(pid, grace):
+        _signal(pid, signal.SIGKILL)
+        _gone(pid, 5.0)
+    if group:
         try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if not pid_alive(pid):
-                return
-            time.sleep(0.05)
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _signal(pid: int, sig: int) -> bool:
+    try:
+        os.kill(pid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def _gone(pid: int, wait: float) -> bool:
+    deadline = time.monotonic() + wait
+    while pid_alive(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -228,7 +229,8 @@ class RucioServer:
 
     def stop(self) -> None:
         if self.process is not None:
-            stop_pid(self.process.pid)
+            # SIGQUIT: gunicorn's quick shutdown; a worker still busy after 3 s goes with its group
+            stop_pid(self.process.pid, grace=3.0, first=signal.SIGQUIT, group=True)
             self.process.wait(timeout=10)
 
 

@@ -1,9 +1,11 @@
-"""A real XRootD server on loopback (Debian xrootd-server), with its HTTP plugin (XrdHttp) for dav://.
+"""A real XRootD server on loopback (Debian xrootd-server), with its HTTP plugin (XrdHttp) for davs://.
 
 XRootD refuses to run as root: as root it is started with `-R nobody` and its export and admin
 directories belong to that account. It listens on its two ports and accepts connections from the
 loopback address only (`xrd.allow host localhost`: any other peer is refused at accept). Checksums are
-adler32, computed by the server. Started in the foreground as our child; stopped by that PID.
+adler32, computed by the server. The HTTP port speaks TLS with a throw-away CA's certificate for
+127.0.0.1 (`ca_dir`: the hashed CA directory a client names in X509_CERT_DIR). Started in the foreground
+as our child; stopped by that PID.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from tests.servers.common import free_port, pid_alive, stop_pid, wait_for_port
+from tests.servers.common import free_port, stop_pid, wait_for_port
 
 RUN_AS = "nobody"
 
@@ -49,8 +51,24 @@ class XRootDServer:
         """root://127.0.0.1:PORT//abs/path for a path under the export."""
         return f"root://127.0.0.1:{self.port}/{Path(path)}"
 
-    def dav_url(self, path: Path | str) -> str:
-        return f"dav://127.0.0.1:{self.http_port}{Path(path)}"
+    def davs_url(self, path: Path | str) -> str:
+        return f"davs://127.0.0.1:{self.http_port}{Path(path)}"
+
+    @property
+    def ca_dir(self) -> Path:
+        return self.base / "ca"
+
+    def _certificates(self) -> tuple[Path, Path]:
+        """The server's certificate and key (readable by its account), and the hashed CA directory."""
+        from tests.integration.pandaserver.certs import make_certs
+
+        certs = make_certs(self.base / "certs")
+        self.ca_dir.mkdir(exist_ok=True)
+        shutil.copy(certs.ca_cert, self.ca_dir / "ca.pem")
+        subprocess.run(["openssl", "rehash", str(self.ca_dir)], check=True, capture_output=True, timeout=60)
+        for path in (self.base / "certs", certs.server_cert, certs.server_key):
+            self.chown(path)
+        return certs.server_cert, certs.server_key
 
     def chown(self, path: Path) -> None:
         """Give a path under the export to the server's account (so it may write there)."""
@@ -64,6 +82,7 @@ class XRootDServer:
         for sub in ("data", "adm"):
             (self.base / sub).mkdir(parents=True, exist_ok=True)
             self.chown(self.base / sub)
+        cert, key = self._certificates()
         config = self.base / "xrootd.cfg"
         config.write_text(
             f"xrd.port {self.port}\n"
@@ -73,6 +92,8 @@ class XRootDServer:
             f"all.adminpath {self.base / 'adm'}\n"
             f"all.pidpath {self.base / 'adm'}\n"
             "xrootd.chksum adler32\n"
+            f"xrd.tls {cert} {key}\n"
+            f"xrd.tlsca certdir {self.ca_dir}\n"
             f"xrd.protocol XrdHttp:{self.http_port} libXrdHttp.so\n"
         )
         argv = ["xrootd", "-c", str(config), "-l", str(self.log)]
@@ -108,5 +129,3 @@ def launch(base: Optional[Path] = None) -> XRootDServer:
         base.chmod(0o755)
     return XRootDServer(base).start()
 
-
-__all__ = ["XRootDServer", "available", "launch", "pid_alive"]

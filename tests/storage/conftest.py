@@ -39,10 +39,10 @@ class Storage:
         return sorted(os.listdir(self.root)) if self.root.exists() else []
 
 
-FAMILIES = ["xrootd", "gfal-root", "gfal-dav", "gfal-file"]
+FAMILIES = ["xrootd", "gfal-root", "gfal-davs", "gfal-file"]
 
 
-def make_storage(family: str, server: XRootDServer, tmp_path: Path) -> Storage:
+def make_storage(family: str, server: XRootDServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Storage:
     root = server.data / f"t{next(_serial)}"
     root.mkdir()
     server.chown(root)
@@ -54,16 +54,18 @@ def make_storage(family: str, server: XRootDServer, tmp_path: Path) -> Storage:
         pytest.skip(f"gfal2 bindings not available: {exc}")
     if family == "gfal-root":
         return Storage(GfalSiteMover(), root, server.root_url)
-    if family == "gfal-dav":
-        return Storage(GfalSiteMover(), root, server.dav_url)
+    if family == "gfal-davs":
+        monkeypatch.setenv("X509_CERT_DIR", str(server.ca_dir))  # the throw-away CA, as a site's CA directory
+        return Storage(GfalSiteMover(), root, server.davs_url)
     local = tmp_path / "se"
     local.mkdir()
     return Storage(GfalSiteMover(), local, lambda path: f"file://{path}")
 
 
 @pytest.fixture(params=FAMILIES)
-def storage(request: pytest.FixtureRequest, xrootd_server: XRootDServer, tmp_path: Path) -> Storage:
-    return make_storage(request.param, xrootd_server, tmp_path)
+def storage(request: pytest.FixtureRequest, xrootd_server: XRootDServer, tmp_path: Path,
+            monkeypatch: pytest.MonkeyPatch) -> Storage:
+    return make_storage(request.param, xrootd_server, tmp_path, monkeypatch)
 
 
 def write_file(path: Path, size: int = 100_000) -> Checksum:

@@ -53,27 +53,19 @@ def test_missing_source_is_not_found(storage: Storage, tmp_path: Path) -> None:
     assert os.listdir(dest) == []
 
 
-def test_checksum_mismatch_leaves_nothing(storage: Storage, tmp_path: Path) -> None:
+@pytest.mark.parametrize("expected, failure", [
+    (Expected(100_000, Checksum("adler32", "00000001"), "", "f"), Failure.CHECKSUM_MISMATCH),
+    (Expected(99_999, None, "", "f"), Failure.SIZE_MISMATCH),
+], ids=["checksum", "size"])
+def test_mismatch_leaves_nothing(storage: Storage, tmp_path: Path, expected: Expected, failure: Failure) -> None:
     source = tmp_path / "f"
     write_file(source)
     storage.mover.put(source, storage.url("f"), Expected(100_000, None, "", "f"))
     dest = tmp_path / "in"
     dest.mkdir()
     with pytest.raises(TransferError) as caught:
-        storage.mover.get(storage.url("f"), dest / "f", Expected(100_000, Checksum("adler32", "00000001"), "", "f"))
-    assert caught.value.failure is Failure.CHECKSUM_MISMATCH
-    assert os.listdir(dest) == []
-
-
-def test_size_mismatch(storage: Storage, tmp_path: Path) -> None:
-    source = tmp_path / "f"
-    write_file(source)
-    storage.mover.put(source, storage.url("f"), Expected(100_000, None, "", "f"))
-    dest = tmp_path / "in"
-    dest.mkdir()
-    with pytest.raises(TransferError) as caught:
-        storage.mover.get(storage.url("f"), dest / "f", Expected(99_999, None, "", "f"))
-    assert caught.value.failure is Failure.SIZE_MISMATCH
+        storage.mover.get(storage.url("f"), dest / "f", expected)
+    assert caught.value.failure is failure
     assert os.listdir(dest) == []
 
 
@@ -133,7 +125,7 @@ def test_turl_is_readable(storage: Storage, tmp_path: Path) -> None:
     write_file(source, 10)
     storage.mover.put(source, storage.url("f"), Expected(10, None, "", "f"))
     turl = storage.mover.turl(storage.url("f"))
-    assert turl.startswith(("root://", "dav://"))
+    assert turl.startswith(("root://", "davs://"))
     assert storage.mover.stat(turl) is not None
 
 
