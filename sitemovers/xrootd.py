@@ -79,9 +79,10 @@ class XRootDSiteMover(SiteMover):
     def send(self, source: Path, tmp_url: str, expected: Expected,
              cancel: Optional[threading.Event]) -> RemoteFile:
         size = Path(source).stat().st_size
-        self._run(["xrdcp", "--nopbar", "--silent", "--force", "--posc", "--cksum", "adler32:source",
+        local = file_checksum(Path(source))  # one local pass; xrdcp then checks the destination against it
+        self._run(["xrdcp", "--nopbar", "--silent", "--force", "--posc", "--cksum", f"adler32:{local.value}",
                    str(source), self._url(tmp_url)], timeout_for(size), cancel)
-        return RemoteFile(size, file_checksum(Path(source)))
+        return RemoteFile(size, local)
 
     def stat(self, url: str) -> Optional[RemoteFile]:
         done = self._xrdfs(url, "stat", ok=(0, 54))
