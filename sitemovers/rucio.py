@@ -109,7 +109,7 @@ class RucioSiteMover(SiteMover):
         box.mkdir(mode=0o700)
         try:
             staged = box / did["name"]
-            os.link(source, staged)
+            os.link(source, staged, follow_symlinks=False)  # the output itself, never what a link names
             guid = expected.guid if UUID.match(expected.guid) else ""  # rucio takes UUIDs only
             answer = self._call("upload", {**did, "path": str(staged), "guid": guid,
                                            "register": bool(self.settings.options.get("rucio_register")),

@@ -22,6 +22,7 @@ FAILURES = {  # rucio exception class name -> sitemovers Failure value
     "DataIdentifierNotFound": "not_found",
     "SourceNotFound": "not_found",
     "RSENotFound": "unsupported",
+    "InvalidObject": "unsupported",  # e.g. a name Rucio's DID schema refuses
     "FileReplicaAlreadyExists": "exists",
     "DataIdentifierAlreadyExists": "exists",
     "FileAlreadyExists": "exists",

@@ -122,3 +122,17 @@ def test_trace_endpoint_down_never_fails_a_transfer(rucio_server, xrootd_server,
                                                    journal(tmp_path, 77))
     assert done[0].fsize == 1000
     assert json.dumps(traces_of(rucio_server, "down.root")) == "[]"
+
+
+def test_name_rucio_refuses_fails_in_one_line_and_leaves_nothing(rucio_server, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "a b.root").write_bytes(b"data")
+    job = one_file_job("x", b"data", out="a b.root", PandaID="78")
+    with pytest.raises(PilotError) as caught:
+        stager(rucio_server, rucio_register=True).stage_out(job, [(job.outputs[0], work / "a b.root")],
+                                                          journal(tmp_path, 78))
+    assert caught.value.code == ErrorCode.STAGEOUT_FAILED
+    assert "\n" not in caught.value.diag and "a b.root" in caught.value.diag
+    assert not any("a b.root" in str(path) for path in Path(rucio_server.base / "rse").rglob("*"))
+    assert os.listdir(work) == ["a b.root"]  # no staging link left beside it
