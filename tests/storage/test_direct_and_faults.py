@@ -17,7 +17,8 @@ from pilot.config import QueueConfig
 from pilot.journal import Journal
 from pilot.layout import INPUT_MANIFEST, POOL_FILE_CATALOG
 from pilot.staging import Stager
-from sitemovers.base import Expected, Outcome, TransferError, is_partial
+from sitemovers.base import Expected, MoverSettings, Outcome, TransferError, is_partial
+from sitemovers.gfal import GfalSiteMover
 from sitemovers.registry import Registry
 from sitemovers.xrootd import XRootDSiteMover
 from tests.servers import xrootd
@@ -58,9 +59,10 @@ def test_payload_reads_its_input_over_root(xrootd_server, tmp_path, family):
     assert (checksum, int(size)) == (job.inputs[0].checksum.value, len(data))
 
 
-def test_server_stopped_mid_transfer(tmp_path, monkeypatch):
+@pytest.mark.parametrize("family", ["xrootd", "gfal"])
+def test_server_stopped_mid_transfer(tmp_path, monkeypatch, family):
     """The server freezes with the client's connection open, then dies: the get fails with a typed error
-    in bounded time and leaves no file, partial or final."""
+    in bounded time (the mover's timeout at worst) and leaves no file, partial or final."""
     missing = xrootd.available()
     if missing:
         pytest.skip(missing)
@@ -77,7 +79,8 @@ def test_server_stopped_mid_transfer(tmp_path, monkeypatch):
 
         def get() -> None:
             try:
-                XRootDSiteMover().get(server.root_url(server.data / "big.root"), dest / "big.root",
+                mover = XRootDSiteMover() if family == "xrootd" else GfalSiteMover(MoverSettings(timeout=30))
+                mover.get(server.root_url(server.data / "big.root"), dest / "big.root",
                                       Expected(8 << 20, None, "", "big.root"))
                 outcome["result"] = "copied"
             except TransferError as exc:
