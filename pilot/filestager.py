@@ -33,7 +33,7 @@ from typing import Any, Optional
 
 from pilot.fsutil import atomic_write, read_capped
 from pilot.job import check_name
-from sitemovers.base import Expected, MoverSettings, SiteMover, TransferError
+from sitemovers.base import Expected, MoverSettings, Outcome, SiteMover, TransferError
 from sitemovers.checksum import Checksum
 from sitemovers.registry import Registry
 
@@ -61,7 +61,21 @@ class StagerList:
 
 def write_list(path: Path, stager_list: StagerList) -> None:
     """The pilot's side: the list, written atomically."""
-    atomic_write(path, (json.dumps(asdict(stager_list), indent=1) + "\n").encode())
+    atomic_write(path, (json.dumps(asdict(stager_list), indent=1, default=str) + "\n").encode())
+
+
+def hand_over(path: Path, done: list[Any], movers: list[SiteMover]) -> Optional[StagerList]:
+    """The pilot's switch: the inputs staging left for remote reading (outcome `direct`, their TURLs) go to
+    the file stager's list, with the first mover that reads remotely as the copy method. None (and no
+    list) when there is nothing to hand over."""
+    remote = [item for item in done if getattr(item, "outcome", None) is Outcome.DIRECT]
+    mover = next((m for m in movers if m.direct_read), None)
+    if not remote or mover is None:
+        return None
+    files = [StagedFile(item.lfn, item.location, item.fsize or None, str(item.checksum or "")) for item in remote]
+    stager_list = StagerList(mover.name, files, mover.settings.setup, dict(mover.settings.options))
+    write_list(path, stager_list)
+    return stager_list
 
 
 def read_list(path: Path) -> StagerList:

@@ -7,13 +7,20 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import zlib
 from pathlib import Path
 
 import pytest
 
-from pilot.filestager import StagedFile, StagerList, write_list
+from pilot.config import QueueConfig
+from pilot.filestager import StagedFile, StagerList, hand_over, read_list, write_list
+from pilot.journal import Journal
+from pilot.staging import Stager
+from sitemovers.base import Direction
+from sitemovers.registry import Registry
 from tests.servers.xrootd import XRootDServer
+from tests.storage.conftest import one_file_job
 
 pytestmark = pytest.mark.integration
 
@@ -94,3 +101,26 @@ def test_a_hostile_list_is_refused(tmp_path):
     done = subprocess.run([sys.executable, "-m", "pilot.filestager", "--list", str(listing), "--", "true", "{}"],
                           capture_output=True, text=True, timeout=60, cwd=REPO)
     assert done.returncode == 2 and "path separator" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_pilot_hands_over_what_staging_left_remote(xrootd_server, tmp_path):
+    """Stage-in decides direct access; the pilot hands those TURLs and its mover to the stager's list."""
+    area, files, sums = upload(xrootd_server, 1)
+    (area / "tests").mkdir(exist_ok=True)
+    os.replace(area / "in0.root", area / "tests" / "in0.root")
+    data_sum = sums["in0.root"]
+    job = one_file_job("in0.root", b"", transferType="direct", PandaID="91", fsize=str(files[0].fsize),
+                       checksum=f"ad:{data_sum}")
+    stager = Stager(QueueConfig(name="Q", se=xrootd_server.root_url(area), copytool="xrootd", allowdirectaccess=True),
+                    Registry(), threading.Event())
+    work = tmp_path / "job"
+    work.mkdir()
+    done = stager.stage_in(job, work, Journal.create(work, 91, 1, "Q", "n", {}))
+    listed = hand_over(work / "filestager.json", done, stager.movers(Direction.IN))
+    assert listed is not None and listed.copytool == "xrootd"
+    again = read_list(work / "filestager.json")
+    assert [(f.lfn, f.url, f.checksum) for f in again.files] == [
+        ("in0.root", xrootd_server.root_url(area / "tests" / "in0.root"), f"ad:{data_sum}")]
+    result = run_stager(tmp_path, again, ["in0.root"])
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "record.jsonl").read_text())["adler32"] == data_sum
