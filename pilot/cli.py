@@ -5,15 +5,21 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sqlite3
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import TYPE_CHECKING, Mapping, Optional
 
 from pilot import __version__
 from pilot.config import PilotConfig, QueueConfig
 from pilot.errors import ExitCode
 from pilot.versiontag import job_label, parse_tag, pilot_id_field
+
+if TYPE_CHECKING:
+    from pilot.jobrun import PilotContext
+    from pilot.pcache import Pcache
 
 log = logging.getLogger("pilot")
 
@@ -65,6 +71,11 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop-file", type=Path, help="stop taking jobs once this file exists (default: <workdir>/STOP)")
     p.add_argument("--heartbeat", type=_positive, help="seconds between heartbeats (default: the queue's, 1800)")
     p.add_argument("--keep-workdirs", action="store_true", help="keep each job's work dir after its report")
+    p.add_argument("--no-recovery", action="store_true",
+                   help="do not recover the jobs dead pilots left in the work area before taking new ones")
+    p.add_argument("--lost-heartbeat", type=float, default=0.0,
+                   help="embedded dispatcher: seconds without an update after which a claimed job is failed "
+                        "(lost heartbeat) and offered again as its next attempt (0: never)")
     p.add_argument("--pilot-id", default="", help="this pilot's identity (e.g. the batch job id)")
     p.add_argument("--scheduler-id", default=os.environ.get("PANDA_SCHEDULER_ID", ""), help="factory identity")
     p.add_argument("--harvester-id", default=os.environ.get("HARVESTER_ID"), help="Harvester instance id")
@@ -80,6 +91,9 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     tls.add_argument("--request-timeout", type=float, default=60.0, help="seconds per request")
     tls.add_argument("--retry-budget", type=float, default=600.0,
                      help="seconds to keep retrying a request that fails in transport")
+    tls.add_argument("--pcache-report-field", default="", metavar="NAME",
+                     help="send the node cache's file list with each job request under this field name "
+                          "(off by default: a PanDA server refuses fields it does not know)")
 
 
 def version_line() -> str:
@@ -97,6 +111,7 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     sub = top.add_subparsers(dest="command", required=True)
     _add_run_arguments(sub.add_parser("run", help="run jobs from a dispatcher"))
+    _add_run_arguments(sub.add_parser("recover", help="only recover the jobs dead pilots left, then stop"))
     demo = sub.add_parser("demo", help="run a handful of jobs on a throw-away local site")
     demo.add_argument("--dir", type=Path, help="where to build the site (default: a new temporary directory)")
     return top
@@ -114,23 +129,47 @@ def config_from_args(args: argparse.Namespace) -> PilotConfig:
         computing_element=args.computing_element, max_jobs=args.max_jobs, lifetime=args.lifetime,
         max_no_job=args.max_no_job, no_job_wait=args.no_job_wait, max_failures=args.max_failures,
         stop_file=args.stop_file or workdir / "STOP", heartbeat=args.heartbeat, keep_workdirs=args.keep_workdirs,
+        recovery=not args.no_recovery, lost_heartbeat=args.lost_heartbeat,
         pilot_id=pilot_id_field(args.pilot_id or f"{os.uname().nodename}:{os.getpid()}", tag),
         version_tag=tag.name, batch_id=args.batch_id, scheduler_id=args.scheduler_id,
         harvester_id=args.harvester_id, worker_id=args.worker_id, cacert=args.cacert, capath=args.capath,
         cert=args.cert, key=args.key, proxy=args.proxy, token_file=args.token_file, origin=args.origin,
         request_timeout=args.request_timeout, retry_budget=args.retry_budget,
+        pcache_report_field=args.pcache_report_field,
     )
 
 
-def run_pilot(config: PilotConfig) -> int:
-    """Set up the pilot's collaborators and run the loop; returns the exit code."""
+def recovery_areas(config: PilotConfig, queue: QueueConfig) -> list[Path]:
+    """Where job recovery looks: the pilot's work directory and the queue's recovery_dir."""
+    areas = [config.workdir]
+    if queue.recovery_dir:
+        areas.append(Path(queue.recovery_dir))
+    return areas
+
+
+def run_recovery(ctx: PilotContext, config: PilotConfig) -> Optional[int]:
+    """The recovery pass; an exit code when it must end the pilot (refused credentials), else None."""
+    from pilot.dispatcher.base import DispatcherError
+    from recovery.jobrecovery import JobRecovery
+
+    try:
+        JobRecovery(ctx, recovery_areas(config, ctx.queue)).run()
+    except DispatcherError as exc:
+        log.error("the dispatcher refused us during recovery: %s", exc.diag)
+        return ExitCode.CREDENTIALS
+    return None
+
+
+def run_pilot(config: PilotConfig, recover_only: bool = False) -> int:
+    """Set up the pilot's collaborators, recover what dead pilots left (unless switched off), and run the
+    loop (or only the recovery); returns the exit code."""
     from pilot.control import Control
     from pilot.dispatcher import make_dispatcher
     from pilot.dispatcher.base import DispatcherError
     from pilot.jobrun import PilotContext
     from pilot.loop import Pilot
     from pilot.node import NodeInfo
-    from pilot.payload import become_subreaper
+    from pilot.proctrack import become_subreaper
     from sitemovers.registry import Registry
 
     started = time.time()
@@ -154,22 +193,46 @@ def run_pilot(config: PilotConfig) -> int:
     except (OSError, ValueError, DispatcherError) as exc:
         log.error("cannot set up the dispatcher %s: %s", config.dispatcher, exc)
         return ExitCode.GENERAL
+    try:
+        pcache = open_pcache(queue, control.cancel)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return ExitCode.GENERAL
     ctx = PilotContext(
         config=config, queue=queue, node=NodeInfo.probe(config.workdir), dispatcher=dispatcher,
-        registry=Registry(), control=control, deadline=started + lifetime if lifetime else None,
+        registry=Registry(), control=control, deadline=started + lifetime if lifetime else None, pcache=pcache,
     )
     log.info("pandapilot %s (%s) on %s, queue %s, dispatcher %s, job label %s", __version__, config.version_tag,
              ctx.node.host, queue.name, config.dispatcher, config.job_label)
     try:
-        code = Pilot(ctx).run()
+        code = run_recovery(ctx, config) if config.recovery or recover_only else None
+        if code is None:
+            code = ExitCode.OK if recover_only else Pilot(ctx).run()
     finally:
         dispatcher.close()
+        if pcache is not None:
+            pcache.close()
         try:
             config.workdir.rmdir()  # only when empty: job dirs left behind are kept for recovery
         except OSError:
             pass
     log.info("pilot exits with code %d", code)
     return code
+
+
+def open_pcache(queue: QueueConfig, cancel: threading.Event) -> Optional[Pcache]:
+    """The node's file cache when the queue names one (None otherwise, or when it cannot be opened: the
+    pilot then runs uncached). A bad setting raises ValueError."""
+    from pilot.pcache import Pcache, PcacheSettings
+
+    settings = PcacheSettings.from_queue(queue)
+    if settings is None:
+        return None
+    try:
+        return Pcache(settings, cancel=cancel)
+    except (OSError, sqlite3.Error) as exc:
+        log.warning("the node cache %s cannot be opened, running uncached: %s", settings.root, exc)
+        return None
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -181,7 +244,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             from pilot.demo import run_demo
 
             return run_demo(args.dir)
-        return run_pilot(config_from_args(args))
+        return run_pilot(config_from_args(args), recover_only=args.command == "recover")
     except KeyboardInterrupt:
         return 128 + 2
     except Exception:  # the last line of defence: a traceback in the log and the documented code

@@ -44,9 +44,27 @@ class QueueConfig:
     link_inputs: bool = False  # the local mover hard-links inputs instead of copying (a read-only SE)
     transfer_threads: int = 4  # files moved at once
     prepare_timeout: float = 3600.0  # s to wait for a prepare phase (tape recall, stager) to bring inputs online
+    # the node's file cache (pilot/pcache.py); off when `pcache` (its directory) is unset
+    pcache: str = ""
+    pcache_limit: str = "80%"  # bytes (e.g. 20G) or a percentage of the cache's disk
+    pcache_hysteresis: float = 0.75  # when full, evict down to this fraction of the limit
+    pcache_accept: str = ""  # comma-separated glob patterns of cacheable source URLs (empty: all)
+    pcache_reject: str = ""  # patterns never cached, e.g. *.lib.tgz
+    pcache_link: str = "auto"  # auto | hardlink | copy: how a cached file reaches the work dir
+    pcache_wait: float = 600.0  # s to wait for another pilot filling the same file
+    pcache_report_max: int = 1000  # cached files named in a job request; above, a digest is sent
     # the payload
     setup: str = ""  # a shell snippet sourced before the payload (release setup)
     corecount: int = 0  # cores per job if the job does not say
+    # who the payload runs as (pilot.identity)
+    identity: str = "none"  # none | uid | glexec
+    sandbox: str = ""  # bubblewrap: hide the pilot's files from the payload
+    grid_mapfile: str = ""  # uid: DN (or pattern) -> account or .pool
+    uid_command: str = ""  # uid: the switching command ({user} is the account); default setpriv as root
+    glexec_path: str = ""  # glexec: the binary, else $GLEXEC_LOCATION/sbin/glexec, ...
+    user_proxy_command: str = ""  # prints the user's proxy when the job brought none
+    get_proxy_key: bool = False  # uid: ask for the user's proxy with each job too (glexec always does)
+    payload_credentials: str = ""  # pilot env variables production payloads get (X509_USER_PROXY, ...)
     # multi-job loop and time
     timefloor: int = 0  # minutes: start no new job after this; 0: no time floor
     maxtime: int = 0  # s the pilot may live; 0: the command line decides
@@ -56,6 +74,8 @@ class QueueConfig:
     maxwdir: int = 0  # MB the work dir may grow to, when the job gives no maxDiskCount
     min_free_disk: int = 200  # MB that must stay free under the work dir
     max_stdout: int = 2048  # MB of payload stdout
+    log_gzip_level: int = 1  # gzip level of the log tarball: 1 packs a 500 MB stdout several times faster than 9
+    log_stdout_max: int = 100  # MB of the payload's stdout (and stderr) kept in the log tarball, their ends; 0: all
     looping_limit_production: int = 12 * 3600  # s without a file change in the work dir
     looping_limit_analysis: int = 3 * 3600
     looping_limit_min: int = 2 * 3600
@@ -68,6 +88,8 @@ class QueueConfig:
     stdout_check_interval: float = 60.0
     heartbeat: float = 1800.0
     debug_heartbeat: float = 60.0  # after the server's "debug" command
+    # job recovery: where else to look for jobs dead pilots left (besides the pilot's work directory)
+    recovery_dir: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -83,6 +105,8 @@ class QueueConfig:
             values[key] = _coerce(key, raw, type(getattr(cls(), key)))
             if key in POSITIVE and values[key] <= 0:
                 raise ValueError(f"queue setting {key}={raw!r} must be greater than 0")
+            if key == "log_gzip_level" and not 0 <= values[key] <= 9:
+                raise ValueError(f"queue setting {key}={raw!r} is not a gzip level (0-9)")
         if extra:
             log.warning("queue %s: settings not used by this pilot: %s", name, ", ".join(sorted(extra)))
         return cls(extra=extra, **values)
@@ -178,6 +202,8 @@ class PilotConfig:
     stop_file: Optional[Path] = None
     heartbeat: Optional[float] = None  # overrides the queue's
     keep_workdirs: bool = False
+    recovery: bool = True  # recover jobs dead pilots left before taking new ones
+    lost_heartbeat: float = 0.0  # embedded dispatcher: s without an update before a claimed job is lost
     pilot_id: str = ""  # as sent: `<id>|<version tag>|<version>`
     version_tag: str = "PR"  # PR, RC, RCM, ALRB, PT (pilot/versiontag.py)
     batch_id: Optional[str] = None  # the batch system's job id (Slurm, HTCondor, ...)
@@ -194,6 +220,7 @@ class PilotConfig:
     origin: Optional[str] = None
     request_timeout: float = 60.0
     retry_budget: float = 600.0
+    pcache_report_field: str = ""  # the job request field carrying the cached files to a PanDA server ("": none)
 
     @property
     def is_remote(self) -> bool:

@@ -2,14 +2,19 @@
 the main thread; the main thread acts on it at its next tick.
 
 A signal handler may run while the main thread holds an Event's internal lock, so the handler itself
-takes no lock: it notes the signal and writes its number to a pipe; a relay thread turns that into the
-same kill request the server or the monitor would make.
+takes no lock: it appends the signal's number to an in-process queue and writes a byte to a pipe only to
+wake the relay thread, which turns each queued signal into the same kill request the server or the monitor
+would make. What arrives on the pipe is never read as a signal: a process of the same user can write into
+it (through /proc/<pid>/fd) or drain it, so the relay only takes the bytes as a hint to look at the queue,
+and looks at least once a second anyway.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
+import select
 import signal
 import threading
 from dataclasses import dataclass, field
@@ -34,7 +39,8 @@ class Control:
     signum: Optional[int] = None  # the signal that ends this pilot
     job_kill: Optional[PilotError] = None  # stop the current job with this error
     softkill: bool = False  # finish the current job, take no more
-    _pipe: Optional[int] = field(default=None, repr=False)  # write end of the signal relay
+    _pipe: Optional[int] = field(default=None, repr=False)  # write end of the relay's wake-up pipe
+    _pending: collections.deque = field(default_factory=collections.deque, repr=False)  # signals to relay
 
     def new_job(self) -> None:
         """Before each job: forget the last job's kill, but not a signal (a job taken after a signal is
@@ -59,24 +65,33 @@ class Control:
     def _handler(self, signum: int, _frame: object) -> None:
         if self.signum is None:
             self.signum = signum
+        self._pending.append(signum)  # atomic; the pipe below only wakes the relay
         if self._pipe is not None:
             try:
-                os.write(self._pipe, bytes([signum]))
-            except OSError:  # the pipe is full: the relay has plenty to do already
+                os.write(self._pipe, b"\0")
+            except OSError:  # the pipe is full: the relay is awake already
                 pass
 
-    def install_signal_handlers(self) -> None:
-        read_end, write_end = os.pipe()
+    def relay_pending(self) -> None:
+        """Act on every signal the handler queued (the relay thread's work, also callable directly)."""
+        while self._pending:
+            self.on_signal(self._pending.popleft())
+
+    def install_signal_handlers(self, poll: float = 1.0) -> None:
+        read_end, write_end = os.pipe()  # both ends close-on-exec: no payload inherits them
         os.set_blocking(write_end, False)
+        os.set_blocking(read_end, False)
         self._pipe = write_end
 
         def relay() -> None:
             while True:
-                data = os.read(read_end, 16)
-                if not data:
-                    return
-                for signum in data:
-                    self.on_signal(signum)
+                readable, _, _ = select.select([read_end], [], [], poll)
+                if readable:
+                    try:
+                        os.read(read_end, 4096)  # content ignored: whoever wrote it
+                    except (BlockingIOError, InterruptedError):
+                        pass
+                self.relay_pending()
 
         threading.Thread(target=relay, name="signal-relay", daemon=True).start()
         for signum in HANDLED_SIGNALS:

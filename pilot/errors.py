@@ -53,9 +53,9 @@ class ErrorCode(IntEnum):
     OUT_OF_MEMORY = 1212
     REACHED_MAX_TIME = 1213
     FILE_EXISTS = 1221
+    GLEXEC = 1226
     UNKNOWN_EXCEPTION = 1301
     CONVERSION_FAILURE = 1302
-    FILE_HANDLING = 1303
     PAYLOAD_FAILED = 1305
     NOT_DEFINED = 1311
     NOT_SAME_LENGTH = 1312
@@ -96,6 +96,7 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.LOST_JOB_RECOVERY_FAILED: "the pilot could not recover the job",
     ErrorCode.RECOVERY_ATTEMPTS_EXHAUSTED: "reached the maximum number of recovery attempts",
     ErrorCode.NO_PROXY: "no valid proxy",
+    ErrorCode.GLEXEC: "identity switch (glexec, uid) failed",
     ErrorCode.MISSING_OUTPUT: "output file missing",
     ErrorCode.CATALOG_REGISTRATION: "catalog registration failed",
     ErrorCode.GET_ADLER32_MISMATCH: "adler32 mismatch on input file",
@@ -115,7 +116,6 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.FILE_EXISTS: "file already exists",
     ErrorCode.UNKNOWN_EXCEPTION: "unexpected pilot exception",
     ErrorCode.CONVERSION_FAILURE: "malformed value in job definition",
-    ErrorCode.FILE_HANDLING: "failed during file handling",
     ErrorCode.PAYLOAD_FAILED: "payload execution failed",
     ErrorCode.NOT_DEFINED: "required field missing in job definition",
     ErrorCode.NOT_SAME_LENGTH: "file lists of different lengths in job definition",

@@ -8,6 +8,7 @@ file system.
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -18,6 +19,11 @@ from sitemovers.checksum import Checksum, ChecksumError
 
 NULLS = {"", "null", "none"}
 MAX_NAME = 255  # bytes, as file systems count
+# Rucio's scope syntax (its schema's SCOPE pattern and SCOPE_LENGTH); a leading '.' would hide the directory
+SCOPE = re.compile(r"[a-zA-Z0-9_\-.]{1,25}")
+BOOLEAN_WORDS = {"true", "false"}  # a JSON boolean turned into text is not a scope
+NUMBER = re.compile(r"[0-9]+(\.[0-9]*)?")  # ASCII digits only: no other scripts' digits, signs, '_' or spaces
+MAX_FILE_SIZE = 2**50  # bytes (1 PiB): a larger fsize is a broken definition, not a disk too small
 
 
 class JobDefinitionError(PilotError):
@@ -97,7 +103,7 @@ def value(raw: dict[str, Any], key: str) -> str:
     return "" if text.lower() in NULLS else text
 
 
-def check_name(name: str, what: str = "file name", reserved: bool = True) -> str:
+def check_name(name: str, what: str = "file name") -> str:
     """Refuse a dispatcher-given name that could become a path or a shell/option surprise."""
     bad = ""
     if not name:
@@ -112,24 +118,60 @@ def check_name(name: str, what: str = "file name", reserved: bool = True) -> str
         bad = "contains a control character"
     elif name.startswith("-"):
         bad = "starts with '-'"
-    elif reserved and is_reserved(name):
+    elif is_reserved(name):
         bad = "is reserved for the pilot's own files"
     if bad:
         raise PilotError(ErrorCode.BAD_FILE_NAME, f"{what} {name!r} {bad}")
     return name
 
 
+def check_scope(scope: str, what: str = "scope") -> str:
+    """A scope is a name (check_name) in Rucio's scope syntax, not hidden, not a pilot file's name."""
+    check_name(scope, what)
+    if not SCOPE.fullmatch(scope):
+        raise PilotError(ErrorCode.BAD_FILE_NAME,
+                         f"{what} {scope!r} is not a scope (letters, digits, '_', '-', '.'; at most 25)")
+    if scope.startswith(".") or scope.lower() in BOOLEAN_WORDS:
+        raise PilotError(ErrorCode.BAD_FILE_NAME, f"{what} {scope!r} is not a scope")
+    return scope
+
+
+def parse_number(text: str, what: str, limit: int = 2**63, decimals: bool = True) -> int:
+    """A count written in ASCII digits, 0 <= n < limit; a decimal part is dropped ('3600.7'), or refused
+    when `decimals` is false (sizes in bytes)."""
+    if text.startswith("-") and NUMBER.fullmatch(text[1:]):
+        raise PilotError(ErrorCode.CONVERSION_FAILURE, f"{what} {text!r} is negative")
+    if len(text) > 40 or not NUMBER.fullmatch(text) or (not decimals and "." in text):
+        raise PilotError(ErrorCode.CONVERSION_FAILURE, f"{what} {text!r} is not a number")
+    number = int(text.partition(".")[0])
+    if number >= limit:
+        raise PilotError(ErrorCode.CONVERSION_FAILURE, f"{what} {text!r} is out of range")
+    return number
+
+
 def _int(raw: dict[str, Any], key: str, default: int = 0) -> int:
     text = value(raw, key)
     if not text:
         return default
-    try:
-        number = int(float(text)) if "." in text else int(text)
-    except (ValueError, OverflowError):
-        raise PilotError(ErrorCode.CONVERSION_FAILURE, f"{key}={text!r} is not a number") from None
-    if number < 0 or number >= 2**63:
-        raise PilotError(ErrorCode.CONVERSION_FAILURE, f"{key}={text!r} is out of range")
-    return number
+    return parse_number(text, key)
+
+
+def check_text(raw: dict[str, Any]) -> None:
+    """No key or value may hold a NUL or a lone surrogate: such text cannot be a file name, an argument
+    or UTF-8 at all, so the definition is malformed, whichever field it is in."""
+    for key, val in raw.items():
+        for text in (str(key), val if isinstance(val, str) else str(val)):
+            if "\x00" in text:
+                raise PilotError(ErrorCode.CONVERSION_FAILURE, f"field {_shown(key)} holds a NUL byte")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise PilotError(ErrorCode.CONVERSION_FAILURE,
+                                 f"field {_shown(key)} holds text that is not Unicode (a lone surrogate)") from None
+
+
+def _shown(key: Any) -> str:
+    return ascii(str(key))[:60]
 
 
 def _list(raw: dict[str, Any], key: str) -> list[str]:
@@ -166,20 +208,14 @@ def _files(raw: dict[str, Any], kind: str, columns: dict[str, str], log_name: st
             if not item:
                 continue
             if attr == "fsize":
-                try:
-                    spec.fsize = int(item)
-                except ValueError:
-                    raise PilotError(ErrorCode.CONVERSION_FAILURE,
-                                     f"size {item!r} of {spec.lfn} is not a number") from None
-                if spec.fsize < 0:
-                    raise PilotError(ErrorCode.CONVERSION_FAILURE, f"size of {spec.lfn} is negative")
+                spec.fsize = parse_number(item, f"size of {spec.lfn}", MAX_FILE_SIZE, decimals=False)
             elif attr == "checksum":
                 try:
                     spec.checksum = Checksum.parse(item)
                 except ChecksumError as exc:
                     raise PilotError(ErrorCode.UNKNOWN_CHECKSUM_TYPE, f"{spec.lfn}: {exc}") from None
             else:
-                setattr(spec, attr, check_name(item, "scope", reserved=False) if attr == "scope" else item)
+                setattr(spec, attr, check_scope(item) if attr == "scope" else item)
         specs.append(spec)
     return specs
 
@@ -226,7 +262,9 @@ def parse_job(raw: Any) -> Job:
     except PilotError:
         attempt_nr = 0
     try:
-        return _parse(raw, panda_id)
+        job = _parse(raw, panda_id)
+        check_text(raw)  # after the fields' own checks, which name the problem more closely
+        return job
     except PilotError as exc:
         raise JobDefinitionError(exc.code, exc.diag, panda_id, attempt_nr) from None
     except Exception as exc:  # whatever else is wrong with it, the job is reported, not the pilot lost
@@ -253,7 +291,7 @@ def _parse(raw: dict[str, Any], panda_id: int) -> Job:
     log.kind = "log"
     log.guid = value(raw, "logGUID") or log.guid or str(uuid.uuid4())
     scope_log = value(raw, "scopeLog")
-    log.scope = check_name(scope_log, "log scope", reserved=False) if scope_log else log.scope
+    log.scope = check_scope(scope_log, "log scope") if scope_log else log.scope
     seen: set[str] = set()
     for spec in [*inputs, *outputs, log]:
         key = f"{spec.kind == 'input'}:{spec.lfn}"

@@ -29,16 +29,20 @@ from pathlib import Path
 from typing import Any, Optional
 
 from pilot.config import PilotConfig, QueueConfig
-from pilot.control import Control
+from pilot.control import Control, signal_error
+from pilot.diskspace import give_back_reserve, local_space_error
 from pilot.dispatcher.base import Dispatcher, DispatcherError, FailureKind
 from pilot.errors import ErrorCode, PilotError
 from pilot.heartbeat import Heartbeat, Reporter
+from pilot.identity import Launcher, make_launcher
 from pilot.job import Job, parse_job
 from pilot.journal import Journal, current_owner
-from pilot.layout import STDERR
+from pilot.layout import JobDir
 from pilot.monitor import Limits, Monitor, watch
 from pilot.node import NodeInfo
 from pilot.payload import Payload, build_command, payload_env, process_identity
+from pilot.pcache import Pcache
+from pilot.proctrack import CgroupTracker, new_tracker
 from pilot.report import (
     FinalReport,
     JobFacts,
@@ -47,12 +51,18 @@ from pilot.report import (
     last_line,
     make_log_tarball,
     send_final,
+    tail,
 )
 from pilot.staging import Stager, Transferred
 from sitemovers.checksum import Checksum
 from sitemovers.registry import Registry
 
 log = logging.getLogger(__name__)
+
+# A batch system ending a job (scancel, condor_rm) signals all of its processes at once: a payload that died
+# of a signal the pilot did not send is given this long for the pilot's own signal to arrive, so that the
+# job is reported with the signal's code (1201 ...) rather than as a failed payload.
+SIGNAL_SETTLE = 2.0
 
 
 @dataclass
@@ -66,6 +76,8 @@ class PilotContext:
     registry: Registry
     control: Control
     deadline: Optional[float] = None  # wall-clock time at which the pilot must be gone
+    pcache: Optional[Pcache] = None  # the node's file cache, when the queue has one
+    launcher: Optional[Launcher] = None  # who the payload runs as; default: the queue's `identity`
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -106,6 +118,7 @@ class Step:
     announce: str  # "send" an update before it, "enter" it for the next heartbeat, "started": the step
     #                sends it once its work has started, "final": the heartbeat stops before it
     always: bool = False  # runs even after the job failed
+    lost_code: Optional[ErrorCode] = None  # what its failure means in a recovered (lost) job
 
 
 class JobRun:
@@ -113,14 +126,17 @@ class JobRun:
         self.job = job
         self.ctx = ctx
         self.workdir = workdir
+        self.dirs = JobDir(workdir)
         self.timing: dict[str, float] = {"getjob": getjob_seconds}
         self.started = time.time()
         self.payload: Optional[Payload] = None
+        self.launcher: Optional[Launcher] = None
         self.monitor: Optional[Monitor] = None
         self.error: Optional[PilotError] = None
         self.exit_code: Optional[int] = None
         self.report: Optional[FinalReport] = None
         self.reported = False
+        self.recovering = False
         self.stager = Stager(ctx.queue, ctx.registry, ctx.control.cancel)
         self.journal: Journal
 
@@ -129,6 +145,7 @@ class JobRun:
         """A new job: a new work dir and journal, then every step."""
         try:
             self.workdir.mkdir(parents=True, exist_ok=False)
+            self.dirs.payload.mkdir()
         except OSError as exc:
             code = ErrorCode.NO_LOCAL_SPACE if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ErrorCode.MKDIR
             error = PilotError(code, f"cannot create the work dir {self.workdir}: {exc.strerror}")
@@ -136,20 +153,24 @@ class JobRun:
         with job_log(self.workdir):
             log.info("job %d (attempt %d) in %s", self.job.panda_id, self.job.attempt_nr, self.workdir)
             self.journal = Journal.create(self.workdir, self.job.panda_id, self.job.attempt_nr,
-                                          self.ctx.queue.name, self.ctx.node.host, self.job.raw, self.ctx.owner())
+                                          self.ctx.queue.name, self.ctx.node.host, _without_secrets(self.job.raw),
+                                          self.ctx.owner())
             return self._walk()
 
     @classmethod
-    def resume(cls, journal: Journal, ctx: PilotContext, error: Optional[PilotError] = None) -> JobResult:
+    def resume(cls, journal: Journal, ctx: PilotContext, error: Optional[PilotError] = None,
+               recovering: bool = False) -> JobResult:
         """Re-enter the job of `journal` (its work dir is the journal's) at the step it reached. `error`
-        fails the job from here on (e.g. its payload never ended). Raises JobDefinitionError when the
-        journal's job definition is not a valid one."""
+        fails the job from here on (e.g. its payload never ended). When `recovering` a job its pilot
+        lost, a step that fails now fails the job with that step's lost-job code (1154, 1155). Raises
+        JobDefinitionError when the journal's job definition is not a valid one."""
         run = cls(parse_job(journal.job), ctx, journal.path.parent)
         run.journal = journal
+        run.recovering = recovering
         run.started = journal.steps.get("created", run.started)
         run.exit_code = journal.outcome.get("payload_done", {}).get("exit_code")
         if journal.error is not None:
-            run.error = PilotError(journal.error.get("code", ErrorCode.UNKNOWN), str(journal.error.get("diag", "")))
+            run.error = _error_of(journal.error.get("code"), journal.error.get("diag"))
         if error is not None:
             run._fail(error)
         with job_log(run.workdir):
@@ -195,14 +216,14 @@ class JobRun:
         except DispatcherError as exc:
             if exc.kind is FailureKind.AUTH:
                 raise
-            self._fail(exc)
+            self._fail(self._lost(step, exc))
             return
         except PilotError as exc:
-            self._fail(control.job_kill if control.job_kill is not None and not step.always else exc)
+            self._fail(control.job_kill if control.job_kill is not None and not step.always else self._lost(step, exc))
             return
         except Exception as exc:  # a pilot bug must still end in a report, not a lost job
             log.exception("unexpected error in job %d (%s)", self.job.panda_id, step.name)
-            self._fail(PilotError(ErrorCode.UNKNOWN_EXCEPTION, f"{type(exc).__name__}: {exc}"))
+            self._fail(self._lost(step, PilotError(ErrorCode.UNKNOWN_EXCEPTION, f"{type(exc).__name__}: {exc}")))
             return
         finally:
             self.timing[step.name] = self.timing.get(step.name, 0.0) + time.monotonic() - begin
@@ -215,30 +236,49 @@ class JobRun:
                 outcome["exit_code"] = self.exit_code
             self.journal.reach(step.mark, **outcome)
 
+    def _lost(self, step: Step, error: PilotError) -> PilotError:
+        if self.recovering and step.lost_code is not None:
+            return PilotError(step.lost_code, f"lost job, {step.name}: {error.code} {error.diag}")
+        return error
+
     def _fail(self, error: PilotError) -> None:
         if self.error is None:
+            error = local_space_error(error, self.workdir, tail(self.dirs.stderr, 4096)) or error
+            if error.code == ErrorCode.NO_LOCAL_SPACE:  # room for the journal, the log and the tarball
+                give_back_reserve(self.workdir.parent)
             self.error = error
             log.error("job %d failed: %d %s", self.job.panda_id, error.code, error.diag)
             self.journal.fail(int(error.code), error.diag)
 
     # --- steps ------------------------------------------------------------------------------------
     def _stage_in(self) -> None:
-        self.stager.stage_in(self.job, self.workdir, self.journal)
+        self.stager.stage_in(self.job, self.dirs.payload, self.journal)
 
     def _run_payload(self) -> None:
-        control = self.ctx.control
+        control, queue, dirs = self.ctx.control, self.ctx.queue, self.dirs
         begin = time.monotonic()
-        argv = build_command(self.job, self.workdir, self.ctx.queue)
-        self.payload = Payload(argv, self.workdir, payload_env(self.job, self.workdir, dict(os.environ)))
-        limits = Limits.for_job(self.job, self.ctx.queue, self.ctx.deadline)
-        self.monitor = Monitor(self.payload, self.workdir, limits, self.ctx.queue)
+        argv = build_command(self.job, dirs.payload, queue)
+        credentials = tuple(name.strip() for name in queue.payload_credentials.split(",") if name.strip())
+        env = payload_env(self.job, dirs.payload, dict(os.environ), credentials)
+        try:
+            self.launcher = self.ctx.launcher or make_launcher(queue, self.ctx.config.workdir)
+        except ValueError as exc:
+            raise PilotError(ErrorCode.SETUP_FAILURE, str(exc)) from None
+        launch = self.launcher.prepare(self.job, dirs, argv, env)  # the job fails here, before any payload
+        tracker = new_tracker(f"{self.job.panda_id}-{self.job.attempt_nr}")
+        where = {"cgroup": str(tracker.path)} if isinstance(tracker, CgroupTracker) else {}
+        self.journal.payload_started(**where)  # on disk before the payload exists: a later pilot can end it
+        self.payload = Payload(launch.argv, dirs.payload, launch.env, tracker)
+        limits = Limits.for_job(self.job, queue, self.ctx.deadline)
+        self.monitor = Monitor(self.payload, dirs.payload, limits, queue)
         self.timing["setup"] = time.monotonic() - begin
         if control.job_kill is not None:
+            tracker.close()
             raise control.job_kill
         try:
             self.payload.start(control.wake)
             assert self.payload.proc is not None
-            self.journal.payload_started(**process_identity(self.payload.proc.pid))
+            self.journal.payload_started(**process_identity(self.payload.proc.pid), **where)
             self.reporter.try_send("running")
             reason = watch(self.payload, self.monitor, control)
         finally:
@@ -247,25 +287,31 @@ class JobRun:
         self.exit_code = 128 - code if code is not None and code < 0 else code
         log.info("payload ended with exit code %s after %.1f s", self.exit_code,
                  self.payload.ended - self.payload.started)
+        if reason is None and code is not None and code < 0 and control.stopping.wait(SIGNAL_SETTLE):
+            reason = signal_error(control.signum or -code)
+        launcher_error = self.launcher.exit_error(self.exit_code)
         if reason is not None:
             self._fail(reason)
+        elif launcher_error is not None:
+            self._fail(launcher_error)
         elif self.exit_code != 0:
-            detail = last_line(self.workdir / STDERR)
+            detail = last_line(dirs.stderr)
             self._fail(PilotError(ErrorCode.PAYLOAD_FAILED,
                                   f"payload exited with code {self.exit_code}" + (f": {detail}" if detail else "")))
 
     def _stage_out_outputs(self) -> None:
-        files = [(spec, self.workdir / spec.lfn) for spec in self.job.outputs]
+        files = [(spec, self.dirs.payload / spec.lfn) for spec in self.job.outputs]
         self.stager.stage_out(self.job, files, self.journal)
 
     def _kill_payload(self) -> None:
-        """Whatever happened, nothing of the payload outlives its job."""
-        if self.payload is None or self.payload.proc is None:
-            return
-        if not self.payload.exited.is_set():
-            self.payload.kill(self.ctx.queue.kill_grace)
-        elif self.payload.returncode is None:
-            self.payload.reap()
+        """Whatever happened, nothing of the payload outlives its job, nor any copy of the user's proxy."""
+        if self.payload is not None and self.payload.proc is not None:
+            if not self.payload.exited.is_set():
+                self.payload.kill(self.ctx.queue.kill_grace)
+            elif self.payload.returncode is None:
+                self.payload.reap()
+        if self.launcher is not None:
+            self.launcher.cleanup(self.dirs)
 
     def _ship_log(self) -> None:
         """The log tarball goes out whatever happened, even after a kill (with a fresh cancel flag)."""
@@ -273,11 +319,15 @@ class JobRun:
             return  # shipped before (a resumed job)
         stager = Stager(self.ctx.queue, self.ctx.registry, threading.Event())
         try:
-            tarball = make_log_tarball(self.workdir, self.job.log.lfn)
+            queue = self.ctx.queue
+            tarball = make_log_tarball(self.dirs, self.job.log.lfn, queue.log_gzip_level,
+                                       queue.log_stdout_max << 20)
             stager.stage_out(self.job, [(self.job.log, tarball)], self.journal)
         except PilotError as exc:
             log.error("log of job %d not shipped: %s", self.job.panda_id, exc.diag)
-            self._fail(exc if exc.code == ErrorCode.LOGFILE_CREATION else PilotError(exc.code, f"log: {exc.diag}"))
+            if exc.code == ErrorCode.LOGFILE_CREATION:
+                raise
+            raise PilotError(exc.code, f"log: {exc.diag}") from None
 
     def _final_report(self) -> bool:
         """Put the report together (or take the one a dead pilot already owed) and deliver it."""
@@ -286,7 +336,7 @@ class JobRun:
         else:
             self.report = final_report(self._facts())
             if self.error is None and self.report.state == "failed":  # the report itself could not be made
-                self.error = PilotError(self.report.error_code, str(self.report.fields.get("pilot_error_diag")))
+                self.error = _error_of(self.report.error_code, self.report.fields.get("pilot_error_diag"))
         self.reported = send_final(self.ctx.dispatcher, self.ctx.identity, self.report, self.journal)
         return self.reported
 
@@ -308,7 +358,8 @@ class JobRun:
     def _facts(self) -> JobFacts:
         facts = JobFacts(job=self.job, workdir=self.workdir, error=self.error, exit_code=self.exit_code,
                          files=self._stored(), timing=self.timing, started=self.started,
-                         bytes_in=self._bytes("in"), bytes_out=self._bytes("out"))
+                         bytes_in=self._bytes("in"), bytes_out=self._bytes("out"),
+                         journal_unsaved=self.journal.save_failures, journal_error=self.journal.save_error)
         payload, monitor = self.payload, self.monitor
         if payload is not None and payload.proc is not None:
             facts.cpu_seconds = payload.cpu_seconds
@@ -332,13 +383,29 @@ class JobRun:
         )
 
 
+def _error_of(code: Any, diag: Any) -> PilotError:
+    """A job error as a journal or report keeps it (a code the table lacks reads as a general error)."""
+    try:
+        return PilotError(ErrorCode(int(code)), str(diag or ""))
+    except (TypeError, ValueError):
+        return PilotError(ErrorCode.GENERAL, f"error {code!r}: {diag or ''}")
+
+
 STEPS: tuple[Step, ...] = (
-    Step("stagein", JobRun._stage_in, "staged_in", "starting", "send"),
-    Step("payload", JobRun._run_payload, "payload_done", "running", "started"),
-    Step("stageout", JobRun._stage_out_outputs, "outputs_done", "transferring", "enter"),
-    Step("log", JobRun._ship_log, "staged_out", "transferring", "enter", always=True),
+    Step("stagein", JobRun._stage_in, "staged_in", "starting", "send", lost_code=ErrorCode.LOST_JOB_NOT_FINISHED),
+    Step("payload", JobRun._run_payload, "payload_done", "running", "started",
+         lost_code=ErrorCode.LOST_JOB_NOT_FINISHED),
+    Step("stageout", JobRun._stage_out_outputs, "outputs_done", "transferring", "enter",
+         lost_code=ErrorCode.LOST_JOB_FILE_TRANSFER),
+    Step("log", JobRun._ship_log, "staged_out", "transferring", "enter", always=True,
+         lost_code=ErrorCode.LOST_JOB_LOG_REGISTRATION),
     Step("report", JobRun._final_report, "reported", None, "final", always=True),
 )
+
+
+def _without_secrets(raw: dict[str, str]) -> dict[str, str]:
+    """The job definition as the journal keeps it: the user's proxy stays out of it."""
+    return {k: v for k, v in raw.items() if k != "userProxy"}
 
 
 def report_unrun(ctx: PilotContext, panda_id: int, attempt_nr: int, raw: dict[str, Any], error: PilotError,

@@ -4,7 +4,8 @@ It lives in the job's work directory as `journal.json`. A pilot that dies leaves
 reads it to know which step was reached and how each step ended (the payload's exit code, the job's
 error), which files are already transferred, which final report is still owed to the dispatcher, who
 owned the job (to tell a dead pilot from a live one) and which processes the payload was (to end what
-is left of them).
+is left of them). The job's definition, which can be large, is written once beside it (`jobdef.json`,
+named by the journal's `definition`), not again at every step.
 
 File records are events appended to `journal.files.jsonl` beside it (one JSON object per line), so the
 cost per file stays flat however many files a job has: an output's event is fsynced before the
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from pilot.fsutil import UntrustedFile, atomic_write_json, fsync_dir, loads_json, read_capped
-from pilot.layout import JOURNAL, JOURNAL_FILES
+from pilot.layout import JOB_DEFINITION, JOURNAL, JOURNAL_FILES
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,9 @@ MAX_EVENTS_BYTES = 256 << 20  # a file-event log larger than this is not read (i
 STEPS = ("created", "staged_in", "payload_done", "outputs_done", "staged_out", "reported")
 
 MAX_JOURNAL = 64 * 2**20  # a bigger journal.json is not read back (it is not one the pilot wrote)
+MAX_DEFINITION = 256 * 2**20  # nor a bigger jobdef.json
+# kept in memory only: the definition has its own file, the rest is this process's bookkeeping
+NOT_SAVED = frozenset({"path", "job", "_lock", "_definition_saved", "save_failures", "save_error"})
 
 
 def boot_id() -> str:
@@ -75,7 +79,7 @@ class Journal:
     attempt_nr: int
     site: str
     node: str
-    job: dict[str, str]  # the raw definition, to rebuild the Job
+    job: dict[str, str]  # the raw definition, to rebuild the Job; saved once, in its own file
     step: str = "created"
     state: str = ""  # the last state reported to the dispatcher
     steps: dict[str, float] = field(default_factory=dict)
@@ -89,6 +93,9 @@ class Journal:
     error: Optional[dict[str, Any]] = None  # the job's error: {"code", "diag"} (None: none so far)
     # the heartbeat thread and the main thread both record in it: one change and save at a time
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
+    _definition_saved: bool = field(default=False, repr=False, compare=False)
+    save_failures: int = field(default=0, compare=False)  # saves that failed (a full disk): the report says so
+    save_error: str = field(default="", compare=False)  # why the last of them failed
 
     @classmethod
     def create(cls, workdir: Path, panda_id: int, attempt_nr: int, site: str, node: str,
@@ -107,12 +114,18 @@ class Journal:
         if not isinstance(data, dict):
             raise ValueError("a journal is a JSON object")
         data.pop("version", None)
-        known = {f.name: f for f in dataclasses.fields(cls) if f.name not in ("path", "_lock")}
+        definition = data.pop("definition", None)
+        if "job" not in data:  # journals before version 2 held the definition themselves
+            if definition != JOB_DEFINITION:
+                raise ValueError("the journal names no job definition")
+            data["job"] = loads_json(read_capped(Path(path).with_name(JOB_DEFINITION), MAX_DEFINITION),
+                                     max_bytes=MAX_DEFINITION)
+        known = {f.name: f for f in dataclasses.fields(cls) if f.name not in NOT_SAVED or f.name == "job"}
         unknown = set(data) - set(known)
         if unknown:
             raise ValueError(f"unknown journal fields {sorted(unknown)}")
         try:
-            journal = cls(path=Path(path), **data)
+            journal = cls(path=Path(path), _definition_saved=True, **data)
         except TypeError as exc:
             raise ValueError(f"incomplete journal: {exc}") from None
         if not (_is_int(journal.panda_id) and _is_int(journal.attempt_nr) and _is_int(journal.recovery_attempts)
@@ -128,18 +141,26 @@ class Journal:
     def events_path(self) -> Path:
         return self.path.with_name(JOURNAL_FILES)
 
+    def _save_definition(self) -> None:
+        if not self._definition_saved:
+            atomic_write_json(self.path.with_name(JOB_DEFINITION), self.job)
+            self._definition_saved = True
+
     def save(self) -> bool:
         """Write the journal; a failure (a full disk) is logged, not raised: the job goes on and is
         reported all the same, only a later recovery would know less."""
         with self._lock:
             self.updated = time.time()
             data = {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(self)
-                    if f.name not in ("path", "_lock")}
-            data["version"] = 1
+                    if f.name not in NOT_SAVED}
+            data.update(version=2, definition=JOB_DEFINITION)
             try:
+                self._save_definition()
                 atomic_write_json(self.path, data)
             except OSError as exc:
-                log.error("journal %s not saved: %s", self.path, exc)
+                self.save_failures += 1
+                self.save_error = exc.strerror or str(exc)
+                log.error("journal %s not saved: %s", self.path, self.save_error)
                 return False
             return True
 

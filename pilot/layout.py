@@ -1,15 +1,31 @@
 """Every name of the work area: the job dirs under a pilot's work directory, and the pilot's own files in
-a job's work directory (no input or output may take one of those)."""
+a job's work directory (no input or output may take one of those).
+
+    <job dir>/                 the pilot's: the payload cannot write here (in switched modes)
+        journal.json           the durable record of the job
+        pilot.log              the pilot's log of this job
+        <log>.tgz              the log tarball while it is built
+        payload.sh             the wrapper that starts the payload (switched modes)
+        proxy/                 0700: the user's proxy as the pilot received it
+        cred/                  0700, the payload account's: its copies of credentials
+        work/                  the payload's part (owned by the payload's account in switched modes):
+            inputs, outputs, payload.stdout, payload.stderr, jobReport.json, tmp/
+
+Everything the pilot reads from `work/` may have been planted by the payload: it is opened without
+following links and read with a bound (pilot.fsutil).
+"""
 
 from __future__ import annotations
 
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 JOURNAL = "journal.json"
 JOURNAL_FILES = "journal.files.jsonl"  # the journal's file events, appended (pilot/journal.py)
+JOB_DEFINITION = "jobdef.json"  # the job's raw definition, written once; the journal names it
 PILOT_LOG = "pilot.log"
 STDOUT = "payload.stdout"
 STDERR = "payload.stderr"
@@ -17,12 +33,16 @@ JOB_REPORT = "jobReport.json"  # written by the payload, read by the pilot
 TMP = "tmp"  # the payload's TMPDIR
 INPUT_MANIFEST = "pilot_inputs.json"  # written by stage-in: each input's local path or TURL
 POOL_FILE_CATALOG = "PoolFileCatalog.xml"  # written by stage-in when an input is read directly
+PAYLOAD_DIR = "work"  # the payload's part of the job's work dir
+WRAPPER = "payload.sh"  # starts the payload under its account
+PROXY_DIR = "proxy"  # the user's proxy, the pilot's copy
+CRED_DIR = "cred"  # the payload account's copies of credentials
 RECOVERY_LOCK = "recovery.lock"  # held by the pilot recovering this job (O_EXCL)
 # A journal that recovery set aside (unreadable, or out of attempts): never scanned again.
 JOURNAL_ASIDE = (f"{JOURNAL}.corrupt", f"{JOURNAL}.exhausted")
 
-RESERVED = frozenset({JOURNAL, JOURNAL_FILES, PILOT_LOG, STDOUT, STDERR, TMP, INPUT_MANIFEST, RECOVERY_LOCK,
-                      *JOURNAL_ASIDE})
+RESERVED = frozenset({JOURNAL, JOURNAL_FILES, JOB_DEFINITION, PILOT_LOG, STDOUT, STDERR, TMP, INPUT_MANIFEST,
+                      RECOVERY_LOCK, *JOURNAL_ASIDE, JOB_REPORT, PAYLOAD_DIR, WRAPPER, PROXY_DIR, CRED_DIR})
 # Files that change because the pilot works, not the payload: the looping check ignores them.
 PILOT_OWN = frozenset({JOURNAL, JOURNAL_FILES, PILOT_LOG, RECOVERY_LOCK})
 
@@ -31,7 +51,7 @@ _JOB_DIR = re.compile(r"PanDA_Pilot-(\d{1,19})-(\d{1,9})(?:-\d+)?\Z")
 
 
 def is_reserved(name: str) -> bool:
-    return name in RESERVED or name.startswith(f".{JOURNAL}.")  # the journal's temporary files
+    return name in RESERVED or name.startswith((f".{JOURNAL}.", f".{JOB_DEFINITION}."))  # their temporary files
 
 
 def job_dir_name(panda_id: int, attempt_nr: int) -> str:
@@ -50,3 +70,50 @@ def parse_job_dir(name: str) -> Optional[tuple[int, int]]:
     """(PandaID, attemptNr) of a job dir's name, None for anything else."""
     match = _JOB_DIR.match(name)
     return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+@dataclass(frozen=True)
+class JobDir:
+    """The paths of one job's work directory: the pilot's part and the payload's part."""
+
+    root: Path
+
+    @property
+    def payload(self) -> Path:
+        return self.root / PAYLOAD_DIR
+
+    @property
+    def journal(self) -> Path:
+        return self.root / JOURNAL
+
+    @property
+    def pilot_log(self) -> Path:
+        return self.root / PILOT_LOG
+
+    @property
+    def stdout(self) -> Path:
+        return self.payload / STDOUT
+
+    @property
+    def stderr(self) -> Path:
+        return self.payload / STDERR
+
+    @property
+    def job_report(self) -> Path:
+        return self.payload / JOB_REPORT
+
+    @property
+    def tmp(self) -> Path:
+        return self.payload / TMP
+
+    @property
+    def wrapper(self) -> Path:
+        return self.root / WRAPPER
+
+    @property
+    def proxy_dir(self) -> Path:
+        return self.root / PROXY_DIR
+
+    @property
+    def cred_dir(self) -> Path:
+        return self.root / CRED_DIR

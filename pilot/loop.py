@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import logging
 import random
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from pilot.diskspace import space_shortage
 from pilot.dispatcher.base import DispatcherError, FailureKind, JobRequest
 from pilot.errors import ExitCode
+from pilot.identity import needs_user_proxy
 from pilot.job import JobDefinitionError, parse_job
 from pilot.jobrun import JobResult, JobRun, PilotContext, report_unrun
 from pilot.layout import new_job_dir
@@ -79,7 +82,19 @@ class Pilot:
             harvester_id=cfg.harvester_id,
             worker_id=cfg.worker_id,
             remaining_time=remaining,
+            cached_files=self._cache_report(),
+            get_proxy_key=needs_user_proxy(self.ctx.queue),  # glexec queues: the user's proxy with the job
         )
+
+    def _cache_report(self) -> Optional[dict[str, Any]]:
+        """The node cache's contents for the dispatcher; a cache that cannot be read reports nothing."""
+        if self.ctx.pcache is None:
+            return None
+        try:
+            return self.ctx.pcache.report()
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("the node cache cannot be scanned: %s", exc)
+            return None
 
     def run(self) -> int:
         """Run jobs until a stop rule holds; returns the pilot's exit code."""
@@ -89,6 +104,10 @@ class Pilot:
             if reason is not None:
                 log.info("pilot stops: %s", reason)
                 break
+            short = space_shortage(ctx.config.workdir, ctx.queue.min_free_disk + ctx.queue.maxwdir)
+            if short is not None:  # checked before every job: after a job that filled the disk, too
+                log.error("pilot stops: %s", short)
+                return self._signal_exit() or ExitCode.NO_SPACE
             asked = time.monotonic()
             log.debug("asking %s for a job", ctx.dispatcher.name)
             try:

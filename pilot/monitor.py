@@ -151,14 +151,25 @@ class Monitor:
 
     def _memory(self, now: float) -> Optional[PilotError]:
         pss = rss = vms = 0
-        for p in self.payload.processes():
+        procs = self.payload.processes()
+        unseen = []
+        for p in procs:
             try:
                 info = p.memory_full_info()
+            except psutil.AccessDenied:  # a payload under another account, and a pilot that is not root
+                unseen.append(p.pid)
+                continue
             except psutil.Error:
                 continue
             pss += getattr(info, "pss", info.rss)
             rss += info.rss
             vms += info.vms
+        total = self.payload.memory_bytes() if hasattr(self.payload, "memory_bytes") else None
+        if total is not None:  # the cgroup's own accounting covers every process, whoever owns it
+            pss, rss = max(pss, total), max(rss, total)
+        elif unseen:
+            log.error("memory check cannot read payload process(es) %s: access denied; their memory is "
+                      "not counted", unseen)
         self.max_pss_kb = max(self.max_pss_kb, pss // 1024)
         self.max_rss_kb = max(self.max_rss_kb, rss // 1024)
         self.max_vmem_kb = max(self.max_vmem_kb, vms // 1024)

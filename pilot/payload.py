@@ -24,29 +24,43 @@ from typing import Any, Callable, Optional
 import psutil
 
 from pilot.config import QueueConfig
+from pilot.diskspace import reserve_tail
 from pilot.errors import ErrorCode, PilotError
 from pilot.job import Job, check_name
 from pilot.layout import INPUT_MANIFEST, JOB_REPORT, STDERR, STDOUT, TMP
+from pilot.proctrack import SubreaperTracker, Tracker
 
 log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
-PR_SET_CHILD_SUBREAPER = 36
 
 # Variables of the pilot's environment that the payload keeps; everything else is dropped. The pilot's
-# own credentials go to production payloads only, never to a user's (analysis) payload.
+# own credentials go to production payloads only when the queue names them, never to a user's payload.
 PASS_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "SHELL",
             "X509_CERT_DIR", "X509_VOMS_DIR", "SITE_NAME")
-PILOT_CREDENTIALS = ("X509_USER_PROXY", "BEARER_TOKEN_FILE")
 
 
-def become_subreaper() -> bool:
-    """Orphans of the payload are re-parented to this process (Linux >= 3.4); False where unsupported."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
+def payload_env(job: Job, workdir: Path, base: dict[str, str], credentials: tuple[str, ...] = ()) -> dict[str, str]:
+    """The payload's environment: a few of the pilot's variables, none of its credentials but those
+    named in `credentials` (the queue's `payload_credentials`), which only production jobs get."""
+    keep = PASS_ENV if job.is_analysis else PASS_ENV + credentials
+    env = {k: v for k, v in base.items() if k in keep or k.startswith("LC_")}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    tmp = workdir / TMP
+    tmp.mkdir(exist_ok=True)
+    cores = str(job.core_count)
+    env.update({
+        "PandaID": str(job.panda_id),
+        "PanDA_TaskID": str(job.task_id),
+        "PanDA_AttemptNr": str(job.attempt_nr),
+        "PANDA_RESOURCE_TYPE": job.resource_type,
+        "ATHENA_PROC_NUMBER": cores,
+        "ATHENA_CORE_NUMBER": cores,
+        "TMPDIR": str(tmp),
+        "PILOT_JOB_REPORT": str(workdir / JOB_REPORT),
+        "PILOT_INPUT_MANIFEST": str(workdir / INPUT_MANIFEST),  # written by stage-in (pilot/staging.py)
+    })
+    return env
 
 
 def process_identity(pid: int) -> dict[str, Any]:
@@ -75,27 +89,6 @@ def _die_with_parent(parent: int) -> Callable[[], None]:
             os._exit(137)
 
     return arm
-
-
-def payload_env(job: Job, workdir: Path, base: dict[str, str]) -> dict[str, str]:
-    keep = PASS_ENV if job.is_analysis else PASS_ENV + PILOT_CREDENTIALS
-    env = {k: v for k, v in base.items() if k in keep or k.startswith("LC_")}
-    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-    tmp = workdir / TMP
-    tmp.mkdir(exist_ok=True)
-    cores = str(job.core_count)
-    env.update({
-        "PandaID": str(job.panda_id),
-        "PanDA_TaskID": str(job.task_id),
-        "PanDA_AttemptNr": str(job.attempt_nr),
-        "PANDA_RESOURCE_TYPE": job.resource_type,
-        "ATHENA_PROC_NUMBER": cores,
-        "ATHENA_CORE_NUMBER": cores,
-        "TMPDIR": str(tmp),
-        "PILOT_JOB_REPORT": str(workdir / JOB_REPORT),
-        "PILOT_INPUT_MANIFEST": str(workdir / INPUT_MANIFEST),  # written by stage-in (pilot/staging.py)
-    })
-    return env
 
 
 def download_transformation(url: str, workdir: Path, timeout: float = 300.0) -> Path:
@@ -135,47 +128,51 @@ def build_command(job: Job, workdir: Path, queue: QueueConfig) -> list[str]:
 
 
 @dataclass
-class Tracked:
-    pid: int
-    created: float
-
-
-@dataclass
 class Payload:
+    """One run of the payload: `argv` and `env` as the launcher made them, in `workdir` (the payload's part
+    of the job's work dir), its processes followed by `tracker` (a cgroup, or the subreaper walk)."""
+
     argv: list[str]
     workdir: Path
     env: dict[str, str]
+    tracker: Tracker = field(default_factory=SubreaperTracker)
+    stdout: Optional[Path] = None  # default: payload.stdout / payload.stderr in `workdir`
+    stderr: Optional[Path] = None
     proc: Optional[subprocess.Popen] = None
     exited: threading.Event = field(default_factory=threading.Event)
     started: float = 0.0
     ended: float = 0.0
-    tracked: dict[int, Tracked] = field(default_factory=dict)
-    _before: set[tuple[int, float]] = field(default_factory=set)
     _rusage_before: Optional[resource.struct_rusage] = None
     cpu_seconds: float = 0.0
     max_rss_kb: int = 0
 
     def start(self, on_exit: threading.Event) -> None:
-        """Launch; `on_exit` is set when the payload's main process ends (it wakes the watcher)."""
-        self._before = {(p.pid, _created(p)) for p in psutil.Process().children()}
+        """Launch; `on_exit` is set when the payload's main process ends (it wakes the watcher). The
+        output files are created new, never opened through a name the payload could have planted."""
         self._rusage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        stdout = open(self.workdir / STDOUT, "wb")
-        stderr = open(self.workdir / STDERR, "wb")
+        out_fd = create_new(self.stdout or self.workdir / STDOUT)
+        try:
+            err_fd = create_new(self.stderr or self.workdir / STDERR)
+        except BaseException:
+            os.close(out_fd)
+            raise
+        reserve_tail(err_fd)  # the payload's last words survive a full disk
         try:
             self.proc = subprocess.Popen(
                 self.argv, cwd=self.workdir, env=self.env, stdin=subprocess.DEVNULL,
-                stdout=stdout, stderr=stderr, start_new_session=True, close_fds=True,
-                preexec_fn=_die_with_parent(os.getpid()),
+                stdout=out_fd, stderr=err_fd, start_new_session=True, close_fds=True,
+                preexec_fn=_in_child(_die_with_parent(os.getpid()), self.tracker.preexec()),
             )
         except OSError as exc:
+            self.tracker.close()
             raise PilotError(ErrorCode.PAYLOAD_FAILED, f"cannot execute {self.argv[0]}: {exc.strerror}") from None
         finally:
-            stdout.close()
-            stderr.close()
+            os.close(out_fd)
+            os.close(err_fd)
         self.started = time.time()
         pid = self.proc.pid
-        self.tracked[pid] = Tracked(pid, _created_pid(pid))
-        log.info("payload started, pid %d: %s", pid, shlex.join(self.argv))
+        self.tracker.attach(pid, self.started)
+        log.info("payload started, pid %d (%s tracking): %s", pid, self.tracker.kind, shlex.join(self.argv))
 
         def wait() -> None:
             # Notice the end without reaping: the zombie keeps the PID, and with it the process group
@@ -196,43 +193,24 @@ class Payload:
         return self.proc.returncode if self.proc is not None else None
 
     def processes(self) -> list[psutil.Process]:
-        """The payload's processes: the main one, its descendants, and any orphan re-parented to the
-        pilot since the start (with the pilot a subreaper, a daemonizing payload lands there)."""
-        found: dict[int, psutil.Process] = {}
-        try:
-            roots = [c for c in psutil.Process().children()
-                     if (c.pid, _created(c)) not in self._before and _created(c) >= self.started - 1]
-        except psutil.Error:
-            roots = []
-        for root in roots:
-            found[root.pid] = root
-            try:
-                found.update((p.pid, p) for p in root.children(recursive=True))
-            except psutil.Error:
-                pass
-        for pid, info in self.tracked.items():  # what polling saw, where the pilot is no subreaper
-            if pid not in found:
-                alive = _alive(info)
-                if alive is not None:
-                    found[pid] = alive
-        for pid, p in found.items():
-            self.tracked.setdefault(pid, Tracked(pid, _created(p)))
-        return list(found.values())
+        """The payload's live processes."""
+        return self.tracker.processes()
 
-    def _others(self) -> list[psutil.Process]:
-        """Every payload process but the main one (which only reap() may collect)."""
-        leader = self.proc.pid if self.proc is not None else -1
-        return [p for p in self.processes() if p.pid != leader]
+    def memory_bytes(self) -> Optional[int]:
+        """The tree's memory as the kernel accounts it (a cgroup with a memory controller), else None."""
+        return self.tracker.memory_bytes()
 
     def kill(self, grace: float) -> None:
         """SIGTERM to the process group and every payload process, `grace` seconds, then SIGKILL."""
         if self.proc is None:
             return
         deadline = time.monotonic() + grace
-        self._signal_all(signal.SIGTERM, self._others())
+        self._signal_leader(signal.SIGTERM)
+        self.tracker.signal(signal.SIGTERM)
         self.exited.wait(grace)
-        psutil.wait_procs(self._others(), timeout=max(0.0, deadline - time.monotonic()))
-        self._signal_all(signal.SIGKILL, self._others())
+        self.tracker.wait_empty(max(0.0, deadline - time.monotonic()), exclude=self.proc.pid)
+        self._signal_leader(signal.SIGKILL)
+        self.tracker.kill_all()
         self.exited.wait(10)
         self.reap()
 
@@ -240,32 +218,32 @@ class Payload:
         """Kill whatever of the payload is left after its main process ended, then collect that one."""
         if self.proc is None:
             return
-        for _ in range(5):
-            left = self._others()
-            if not left:
-                break
-            log.info("killing %d leftover payload process(es): %s", len(left), [p.pid for p in left])
-            self._signal_all(signal.SIGKILL, left)
-            psutil.wait_procs(left, timeout=5)
+        left = self.tracker.pids() - {self.proc.pid}
+        if left:
+            log.info("killing %d leftover payload process(es): %s", len(left), sorted(left))
+            self.tracker.kill_all(exclude=self.proc.pid)
+        if not self.tracker.wait_empty(10, exclude=self.proc.pid):
+            log.error("payload processes %s do not end even after SIGKILL",
+                      sorted(self.tracker.pids() - {self.proc.pid}))
         try:
             self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             log.error("payload process %d does not end even after SIGKILL", self.proc.pid)
+        self.tracker.close()
         self._account()
 
-    def _signal_all(self, signum: int, procs: list[psutil.Process]) -> None:
+    def _signal_leader(self, signum: int) -> None:
+        """The group, and the main process should it have left it, while it is not reaped (the PID and
+        group ID are still the payload's then)."""
         assert self.proc is not None
-        if self.proc.returncode is None:  # not yet reaped: the PID and group ID are still the payload's
-            for send in (os.killpg, os.kill):  # the group, and the main process should it have left it
+        if self.proc.returncode is None:
+            for send in (os.killpg, os.kill):
                 try:
                     send(self.proc.pid, signum)
-                except (ProcessLookupError, PermissionError):
+                except ProcessLookupError:
                     pass
-        for p in procs:
-            try:
-                p.send_signal(signum)
-            except psutil.Error:
-                pass
+                except PermissionError:
+                    log.error("cannot signal the payload (pid %d): permission denied", self.proc.pid)
 
     def _account(self) -> None:
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -275,26 +253,22 @@ class Payload:
         self.max_rss_kb = max(self.max_rss_kb, after.ru_maxrss)
 
 
-def _created(p: psutil.Process) -> float:
+def _in_child(*steps: Optional[Callable[[], None]]) -> Callable[[], None]:
+    """The steps the payload's leader takes between fork and exec, in order."""
+    todo = [step for step in steps if step is not None]
+
+    def run() -> None:
+        for step in todo:
+            step()
+
+    return run
+
+
+def create_new(path: Path, mode: int = 0o644) -> int:
+    """A new file for writing: fails if anything (a planted link, a FIFO) already has the name."""
     try:
-        return p.create_time()
-    except psutil.Error:
-        return 0.0
-
-
-def _created_pid(pid: int) -> float:
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return time.time()
-
-
-def _alive(info: Tracked) -> Optional[psutil.Process]:
-    """The tracked process if it still runs (the same process: pid and start time agree)."""
-    try:
-        p = psutil.Process(info.pid)
-        if abs(p.create_time() - info.created) < 0.05 and p.status() != psutil.STATUS_ZOMBIE:
-            return p
-    except psutil.Error:
-        pass
-    return None
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except FileExistsError:
+        raise PilotError(ErrorCode.SETUP_FAILURE, f"{path.name} exists before the payload started") from None
+    except OSError as exc:
+        raise PilotError(ErrorCode.SETUP_FAILURE, f"cannot create {path.name}: {exc.strerror}") from None

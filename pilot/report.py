@@ -12,16 +12,20 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import tarfile
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from pilot.diskspace import QuietFileHandler
 from pilot.dispatcher.base import Dispatcher, DispatcherError, FailureKind, JobUpdate
 from pilot.errors import ErrorCode, PilotError, one_line
-from pilot.layout import JOB_REPORT, JOURNAL, PILOT_LOG, STDERR, STDOUT
+from pilot.fsutil import UntrustedFile, loads_json, open_untrusted, read_capped, tail_untrusted
+from pilot.layout import PILOT_LOG, JobDir
 from pilot.staging import Transferred, output_report
 
 if TYPE_CHECKING:
@@ -40,7 +44,7 @@ def job_log(workdir: Path) -> Iterator[Path]:
     """Everything the pilot logs while this job runs also goes to the job's own log file."""
     path = workdir / PILOT_LOG
     try:
-        handler: Optional[logging.Handler] = logging.FileHandler(path, encoding="utf-8")
+        handler: Optional[logging.Handler] = QuietFileHandler(path)  # a full disk cannot break it
     except OSError as exc:
         log.error("no job log file %s: %s", path, exc)
         handler = None
@@ -57,15 +61,8 @@ def job_log(workdir: Path) -> Iterator[Path]:
 
 
 def tail(path: Path, limit: int) -> str:
-    """The last `limit` characters of a text file ('' when absent)."""
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, 2)
-            size = handle.tell()
-            handle.seek(max(0, size - limit))
-            return handle.read().decode("utf-8", "replace")[-limit:]
-    except OSError:
-        return ""
+    """The last `limit` characters of a text file ('' when absent, a link or not a regular file)."""
+    return tail_untrusted(path, limit)
 
 
 def last_line(path: Path) -> str:
@@ -73,39 +70,86 @@ def last_line(path: Path) -> str:
     return one_line(lines[-1]) if lines else ""
 
 
-def read_job_report(workdir: Path) -> Optional[dict[str, Any]]:
-    """The payload's job report, if it wrote a valid one (a broken one is logged and ignored)."""
-    path = workdir / JOB_REPORT
+def read_job_report(path: Path) -> Optional[dict[str, Any]]:
+    """The payload's job report at `path`, if it wrote a valid one (a broken one, a link or a special
+    file is logged and ignored)."""
     try:
-        if path.stat().st_size > MAX_JOB_REPORT:
-            log.warning("job report %s is larger than %d bytes: not sent", path, MAX_JOB_REPORT)
-            return None
-        data = json.loads(path.read_text())
+        data = loads_json(read_capped(path, MAX_JOB_REPORT))
     except FileNotFoundError:
         return None
+    except UntrustedFile as exc:
+        log.warning("job report %s not read: %s", path.name, exc.strerror)
+        return None
     except (OSError, ValueError) as exc:
-        log.warning("job report %s is not valid JSON: %s", path, exc)
+        log.warning("job report %s is not valid JSON: %s", path.name, exc)
         return None
     if not isinstance(data, dict):
-        log.warning("job report %s is not a JSON object", path)
+        log.warning("job report %s is not a JSON object", path.name)
         return None
     return data
 
 
-def make_log_tarball(workdir: Path, name: str) -> Path:
-    """The job's logs as `name` (a .tgz) in the work dir, under a directory named after it."""
-    target = workdir / name
+def make_log_tarball(dirs: JobDir, name: str, level: int = 1, stdout_max: int = 0) -> Path:
+    """The job's logs as `name` (a .tgz) in the job's (pilot-private) dir, under a directory named after
+    it, packed at gzip `level`; of the payload's stdout and stderr only the last `stdout_max` bytes are
+    kept (0: all). Written to a new temporary name, renamed over whatever has the name (a planted link is
+    replaced, never followed). Members are opened without following links; a link or special file is
+    left out."""
+    target = dirs.root / name
     inner = name[: -len(".tgz")] if name.endswith(".tgz") else name
     inner = inner[: -len(".tar")] if inner.endswith(".tar") else inner
+    members = (dirs.pilot_log, dirs.stdout, dirs.stderr, dirs.job_report, dirs.journal)
     try:
-        with tarfile.open(target, "w:gz") as tar:
-            for member in (PILOT_LOG, STDOUT, STDERR, JOB_REPORT, JOURNAL):
-                path = workdir / member
-                if path.is_file():
-                    tar.add(path, arcname=f"{inner}/{member}")
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=dirs.root)
+        try:
+            with os.fdopen(fd, "wb") as handle, \
+                    tarfile.open(fileobj=handle, mode="w:gz", compresslevel=level) as tar:
+                for path in members:
+                    keep = stdout_max if path in (dirs.stdout, dirs.stderr) else 0
+                    _add_untrusted(tar, path, f"{inner}/{path.name}", keep)
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
     except (OSError, tarfile.TarError) as exc:
         raise PilotError(ErrorCode.LOGFILE_CREATION, f"cannot create log tarball {name}: {exc}") from None
     return target
+
+
+def _add_untrusted(tar: tarfile.TarFile, path: Path, arcname: str, keep: int = 0) -> None:
+    """Add a regular file, read through the descriptor checked at open, never more than it had then; of
+    a larger file only its last `keep` bytes when keep > 0."""
+    try:
+        fd = open_untrusted(path)
+    except FileNotFoundError:
+        return
+    except UntrustedFile as exc:
+        log.warning("%s left out of the log tarball: %s", path.name, exc.strerror)
+        return
+    with os.fdopen(fd, "rb") as handle:
+        info = tar.gettarinfo(arcname=arcname, fileobj=handle)
+        info.uname = info.gname = ""
+        if keep and info.size > keep:
+            log.info("log tarball keeps the last %d of %d bytes of %s", keep, info.size, path.name)
+            handle.seek(info.size - keep)
+            info.size = keep
+        tar.addfile(info, _Capped(handle, info.size))
+
+
+class _Capped:
+    """A reader giving exactly `size` bytes (zeros if the file shrank meanwhile), so that a file the
+    payload still grows or truncates cannot break or bloat the tarball."""
+
+    def __init__(self, handle: Any, size: int) -> None:
+        self.handle, self.left = handle, size
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n < 0 else min(n, self.left)
+        data = self.handle.read(n) if n else b""
+        data += bytes(n - len(data))
+        self.left -= n
+        return data
 
 
 def pilot_timing(timing: dict[str, float]) -> str:
@@ -175,6 +219,8 @@ class JobFacts:
     max_rss_kb: int = 0
     max_pss_kb: int = 0
     max_vmem_kb: int = 0
+    journal_unsaved: int = 0  # saves of the journal that failed (a full disk): said in the report
+    journal_error: str = ""
 
 
 def final_report(facts: JobFacts) -> FinalReport:
@@ -193,21 +239,21 @@ def final_report(facts: JobFacts) -> FinalReport:
 
 
 def _all_fields(facts: JobFacts) -> dict[str, Any]:
-    job, error, workdir = facts.job, facts.error, facts.workdir
+    job, error, dirs = facts.job, facts.error, JobDir(facts.workdir)
     failed = error is not None
-    job_report = read_job_report(workdir)
+    job_report = read_job_report(dirs.job_report)
     fields: dict[str, Any] = {
         "trans_exit_code": facts.exit_code if facts.exit_code is not None else (0 if not failed else None),
         "pilot_error_code": int(error.code) if error is not None else 0,
-        "pilot_error_diag": error.diag if error is not None else None,
+        "pilot_error_diag": _diag(facts) if error is not None else None,
         "core_count": job.core_count,
         "n_input_files": len(job.inputs),
         "start_time": utc(facts.started),
         "end_time": utc(time.time()),
         "job_output_report": output_report(job, facts.files) if facts.files else None,
         "pilot_timing": pilot_timing(facts.timing),
-        "pilot_log": tail(workdir / PILOT_LOG, 1024),
-        "stdout": tail(workdir / STDOUT, 2048) or None,
+        "pilot_log": tail(dirs.pilot_log, 1024),
+        "stdout": tail(dirs.stdout, 2048) or None,
     }
     if facts.cpu_seconds is not None:
         fields.update(cpu_consumption_time=int(round(facts.cpu_seconds)), cpu_consumption_unit="s",
@@ -223,8 +269,16 @@ def _all_fields(facts: JobFacts) -> dict[str, Any]:
         if _is_int32(events) and events >= 0:
             fields["n_events"] = events
     fields["job_metrics"] = job_metrics(coreCount=job.core_count, nInputFiles=len(job.inputs),
-                                        bytesIn=facts.bytes_in, bytesOut=facts.bytes_out)
+                                        bytesIn=facts.bytes_in, bytesOut=facts.bytes_out,
+                                        journalUnsaved=facts.journal_unsaved or None)
     return {k: v for k, v in fields.items() if v is not None}
+
+
+def _diag(facts: JobFacts) -> str:
+    assert facts.error is not None
+    if not facts.journal_unsaved:
+        return facts.error.diag
+    return one_line(f"{facts.error.diag} (journal not saved {facts.journal_unsaved}x: {facts.journal_error})")
 
 
 def _essential_fields(facts: JobFacts) -> dict[str, Any]:

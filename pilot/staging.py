@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -39,7 +38,7 @@ from xml.sax.saxutils import quoteattr
 
 from pilot.config import QueueConfig
 from pilot.errors import ErrorCode, PilotError
-from pilot.fsutil import atomic_write
+from pilot.fsutil import UntrustedFile, atomic_write, open_untrusted
 from pilot.job import FileSpec, Job
 from pilot.journal import Journal
 from pilot.layout import INPUT_MANIFEST, POOL_FILE_CATALOG
@@ -246,7 +245,7 @@ class Stager:
             if result is None and direct and direct_allowed(item.spec):
                 result = self._direct(item, movers)
         else:
-            item.expected = self._check_output(item)
+            item.expected, identity = self._check_output(item)
         if result is None:
             with self.tracer.transfer(direction.value, item.spec, item.source if direction is Direction.IN
                                       else item.dest, movers[0].name):
@@ -254,6 +253,8 @@ class Stager:
             if direction is Direction.IN and result.outcome is Outcome.COPIED:
                 for hook in self.hooks:
                     _safely(hook.after_get, item, Path(result.location))
+        if direction is Direction.OUT and checked_output(lfn, Path(item.source))[1] != identity:
+            raise PilotError(ErrorCode.STAGEOUT_FAILED, f"output {lfn} was replaced during its transfer")
         info = {"fsize": result.fsize, "checksum": str(result.checksum or ""), "location": result.location,
                 "outcome": result.outcome.value}
         if direction is Direction.OUT:
@@ -334,23 +335,13 @@ class Stager:
         raise TransferError(Failure.EXISTS, f"{item.spec.lfn}: {item.dest} already holds a different file "
                                             f"({remote.fsize} bytes, {remote.checksum or 'no checksum'}): not replaced")
 
-    def _check_output(self, item: StageItem) -> Expected:
-        """The output must be a regular, non-empty file under its own name: a link or a special file the
-        payload planted is refused, never followed."""
-        lfn = item.spec.lfn
-        try:
-            info = os.lstat(item.source)
-        except FileNotFoundError:
-            raise PilotError(ErrorCode.MISSING_OUTPUT, f"output {lfn} was not produced") from None
-        except OSError as exc:
-            raise PilotError(ErrorCode.FILE_HANDLING, f"output {lfn}: {exc.strerror}") from None
-        if stat.S_ISLNK(info.st_mode):
-            raise PilotError(ErrorCode.FILE_HANDLING, f"output {lfn} is a symbolic link: refused")
-        if not stat.S_ISREG(info.st_mode):
-            raise PilotError(ErrorCode.FILE_HANDLING, f"output {lfn} is not a regular file: refused")
-        if info.st_size == 0:
-            raise PilotError(ErrorCode.EMPTY_OUTPUT, f"output {lfn} is empty")
-        return Expected(info.st_size, None, item.spec.guid, lfn)
+    def _check_output(self, item: StageItem) -> tuple[Expected, tuple[int, int]]:
+        """The output must be a regular, non-empty file of its own (`checked_output`): a link or a special
+        file the payload planted is refused, never followed. Returns what to expect and its identity."""
+        size, identity = checked_output(item.spec.lfn, Path(item.source))
+        if size == 0:
+            raise PilotError(ErrorCode.EMPTY_OUTPUT, f"output {item.spec.lfn} is empty")
+        return Expected(size, None, item.spec.guid, item.spec.lfn), identity
 
     def _prepare(self, mover: SiteMover, items: list[StageItem]) -> None:
         """The two-phase contract: ask for every input at once, then poll until all are online."""
@@ -393,6 +384,26 @@ def _safely(hook: Callable[..., Any], *args: Any) -> Any:
     except Exception:  # noqa: BLE001 - a hook (the node cache) must never fail a transfer
         log.exception("staging hook %s failed; going on without it", getattr(hook, "__qualname__", hook))
         return None
+
+
+def checked_output(lfn: str, local: Path) -> tuple[int, tuple[int, int]]:
+    """Size and identity of an output the payload made: a regular file of its own, not a symbolic link
+    (to the pilot's proxy, say), not a hard link, not a FIFO or device. Anything else fails the output."""
+    try:
+        fd = open_untrusted(local)
+    except FileNotFoundError:
+        raise PilotError(ErrorCode.MISSING_OUTPUT, f"output {lfn} was not produced") from None
+    except UntrustedFile as exc:
+        raise PilotError(ErrorCode.MISSING_OUTPUT, f"output {lfn} {exc.strerror}: not shipped") from None
+    except OSError as exc:
+        raise PilotError(ErrorCode.MISSING_OUTPUT, f"output {lfn} cannot be opened: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if st.st_nlink > 1:
+        raise PilotError(ErrorCode.MISSING_OUTPUT, f"output {lfn} is a hard link to another file: not shipped")
+    return st.st_size, (st.st_dev, st.st_ino)
 
 
 def _transferred(lfn: str, info: dict[str, Any]) -> Transferred:

@@ -1,15 +1,47 @@
-"""Session-wide fixtures: real storage servers on loopback, each started once per test session on first
-use and stopped by its PID at the end (tests/servers/). A test that needs one is skipped, saying why, only
-when the server's software is not installed (.ci/provision-storage.sh installs it)."""
+"""Session-wide fixtures shared by several test directories: the pilot's bundle, built once by the real
+build command; a single-node Slurm on loopback; real storage servers on loopback (tests/servers/: XRootD
+and Rucio). Each server is started once per test session on first use and stopped by PID; a test that
+needs one is skipped, saying why, only when its software is not installed (.ci/provision-*.sh)."""
 
 from __future__ import annotations
 
+import os
 import shutil
-from collections.abc import Iterator
+import sys
+from pathlib import Path
+from typing import Iterator
 
 import pytest
 
+from tests.integration.slurm import SlurmCluster, missing_programs
 from tests.servers import rucio, xrootd
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+@pytest.fixture(scope="session")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from launch.build import build
+
+    return build(tmp_path_factory.mktemp("bundle") / "pandapilot.pyz").path
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
+
+    if os.geteuid() != 0:
+        pytest.skip("a single-node Slurm needs root (slurmd runs the batch jobs): run the tests as root")
+    missing = missing_programs()
+    if missing:
+        pytest.skip(f"Slurm/munge programs missing ({', '.join(missing)}): run .ci/provision-slurm.sh as root")
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture(scope="session")

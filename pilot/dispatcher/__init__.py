@@ -35,12 +35,13 @@ def make_dispatcher(config: PilotConfig, stopping: threading.Event) -> Dispatche
                 origin=config.origin,
                 timeout=config.request_timeout,
                 retry_budget=config.retry_budget,
+                cache_report_field=config.pcache_report_field,
             ),
             sleep=StopAwareSleep(stopping),
         )
     from pilot.dispatcher.local import LocalDispatcher
 
-    return LocalDispatcher(Path(config.dispatcher))
+    return LocalDispatcher(Path(config.dispatcher), lost_heartbeat=config.lost_heartbeat)
 
 
 class StopAwareSleep:

@@ -72,6 +72,7 @@ class JobRequest:
     task_id: Optional[int] = None
     prod_user_id: Optional[str] = None
     get_proxy_key: bool = False
+    cached_files: Optional[dict[str, Any]] = None  # the node cache's report (pilot/cachereport.py)
 
     def fields(self) -> dict[str, Any]:
         """The set fields, by v1 name."""

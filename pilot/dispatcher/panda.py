@@ -31,6 +31,7 @@ from pilot.dispatcher.base import (
     JobStatus,
     JobUpdate,
 )
+from pilot.fsutil import loads_json
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ AUTH_MESSAGES = ("secure connection", "pilot role", "token authentication", "ban
 RETRY_HTTP = frozenset({408, 429})  # plus every 5xx
 NOT_PROCESSED_HTTP = frozenset({429, 503})  # the server turned the request away: a job request may be repeated
 TRANSIENT_TLS = ("eof occurred", "connection reset", "timed out")
+MAX_REPLY = 64 * 2**20  # bytes of a reply's JSON (nesting is bounded too: pilot.fsutil.loads_json)
 
 
 @dataclass
@@ -111,6 +113,7 @@ class PandaConfig:
     retry_budget: float = 600.0  # seconds of retrying, in all, per call
     backoff_base: float = 2.0
     backoff_max: float = 120.0
+    cache_report_field: str = ""  # send the node cache's report under this name ("": not sent, the default)
 
 
 class PandaDispatcher(Dispatcher):
@@ -160,7 +163,10 @@ class PandaDispatcher(Dispatcher):
     # --- the Dispatcher interface ---------------------------------------------------------------
 
     def get_job(self, request: JobRequest) -> Optional[dict[str, str]]:
-        path, reply = self._call("get_job", self._encode(request.fields(), GET_JOB_FIELDS))
+        payload = self._encode(request.fields(), GET_JOB_FIELDS)  # cached_files is no server field: dropped
+        if self.config.cache_report_field and request.cached_files is not None:
+            payload[self.config.cache_report_field] = json.dumps(request.cached_files, sort_keys=True)
+        path, reply = self._call("get_job", payload)
         if self.config.api == "v1":
             if not reply.get("success"):
                 if "no jobs" in str(reply.get("message", "")).lower():
@@ -180,7 +186,7 @@ class PandaDispatcher(Dispatcher):
             return self._job(path, data)
         if isinstance(jobs, str):  # legacy bulk reply without JSON: the list is a JSON string
             try:
-                jobs = json.loads(jobs)
+                jobs = loads_json(jobs, max_bytes=MAX_REPLY)
             except ValueError:
                 raise self._protocol(path, "'jobs' is not a JSON list", jobs) from None
         if not isinstance(jobs, list):
@@ -336,9 +342,9 @@ class PandaDispatcher(Dispatcher):
                 raise self._protocol(path, "reply is neither JSON nor StatusCode=...", text, code)
             return reply
         try:
-            reply = json.loads(text)
-        except ValueError:
-            raise self._protocol(path, "reply is not valid JSON", text, code) from None
+            reply = loads_json(text, max_bytes=MAX_REPLY)
+        except ValueError as exc:
+            raise self._protocol(path, f"reply is not valid JSON ({exc})", text, code) from None
         if not isinstance(reply, dict):
             raise self._protocol(path, f"reply is a JSON {type(reply).__name__}, not an object", text, code)
         key = "success" if self.config.api == "v1" else "StatusCode"

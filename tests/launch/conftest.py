@@ -1,7 +1,8 @@
-"""The bundle, built once per test session by the real build command, and the wrapper beside it."""
+"""The wrapper and a site for each test (the bundle fixture is in tests/conftest.py)."""
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -13,13 +14,6 @@ REPO = Path(__file__).resolve().parents[2]
 WRAPPER = REPO / "launch" / "pilot-wrapper.sh"
 
 
-@pytest.fixture(scope="session")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from launch.build import build
-
-    return build(tmp_path_factory.mktemp("bundle") / "pandapilot.pyz").path
-
-
 def isolated_python() -> list[str]:
     """The node's python without its site-packages: only the standard library and the bundle's contents."""
     return [sys.executable, "-S"]
@@ -28,3 +22,8 @@ def isolated_python() -> list[str]:
 @pytest.fixture
 def site(tmp_path: Path) -> Site:
     return Site(tmp_path)
+
+
+def node_python() -> str:
+    """The node's own python3 (what a wrapper finds on a worker node), else this one."""
+    return shutil.which("python3", path="/usr/bin:/bin") or sys.executable

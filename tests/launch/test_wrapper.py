@@ -109,3 +109,19 @@ def test_a_pilot_whose_log_stopped_changing_is_ended(site: Site, bundle: Path) -
     assert result.returncode == 92, result.stdout[-3000:]
     assert "the pilot's log has not changed for 3 s" in result.stdout
     assert site.final(45)["pilot_error_code"] == ErrorCode.SIGTERM
+
+
+def test_a_batch_system_signalling_every_process_ends_the_job_1201(site: Site) -> None:
+    """scancel and condor_rm signal the payload and the pilot alike: the payload may die first."""
+    pidfile = site.root / "payload.pid"
+    site.add_job(46, f"echo $$ > {pidfile}; exec sleep 600")
+    proc = site.start()
+    try:
+        payload = read_pids(pidfile, 1, timeout=60)[0]
+        site.wait_state(46, "running")
+        os.kill(payload, signal.SIGTERM)
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        stop_pilot(proc)
+    assert site.final(46)["pilot_error_code"] == ErrorCode.SIGTERM

@@ -365,7 +365,53 @@ def test_output_lists_without_the_log_entry_match_the_other_outputs(job_dict):
     assert (job.log.lfn, job.log.scope) == ("job.log.tgz", "slog")
 
 
-def test_a_scope_may_be_named_like_a_pilot_file(job_dict):
-    # scopes are never files in the work dir: only path dangers matter for them
-    job = parse_job(job_dict(scopeOut="tmp,pilot.log", scopeLog="journal.json"))
-    assert job.outputs[0].scope == "tmp" and job.log.scope == "journal.json"
+@pytest.mark.parametrize("key, value", [
+    ("scopeLog", "journal.json"),  # a pilot file's name
+    ("scopeOut", "tmp,mc16"),
+    ("scopeIn", "*,mc16"),  # not in the server's scope syntax
+    ("scopeIn", "mc16,a b"),
+    ("scopeOut", "x" * 26 + ",mc16"),  # longer than a scope may be
+    ("scopeOut", "True,mc16"),  # a JSON boolean turned into text
+    ("scopeLog", ".hidden"),
+    ("scopeIn", "mc16,sc\u00f6pe"),
+])
+def test_scope_follows_the_servers_scope_syntax(job_dict, key, value):
+    err = rejected(job_dict(**{key: value}))
+    assert err.code == ErrorCode.BAD_FILE_NAME and err.panda_id == 4242
+    assert "scope" in err.diag
+
+
+def test_real_scopes_pass(job_dict):
+    job = parse_job(job_dict(scopeIn="user.jdoe,mc16_13TeV", scopeLog="group.phys-higgs"))
+    assert [s.scope for s in job.inputs] == ["user.jdoe", "mc16_13TeV"] and job.log.scope == "group.phys-higgs"
+
+
+@pytest.mark.parametrize("key, value", [
+    ("jobPars", "--in a\x00b"),
+    ("transformation", "run\x00.sh"),
+    ("homepackage", "Athena\x00"),
+    ("jobPars", "--opt \ud800"),
+    ("swRelease", "\udcff"),
+    ("odd\x00key", "x"),
+])
+def test_nul_or_lone_surrogate_anywhere_is_a_malformed_definition(job_dict, key, value):
+    err = rejected(job_dict(**{key: value}))
+    assert err.code == ErrorCode.CONVERSION_FAILURE == 1302 and err.panda_id == 4242
+    assert "\x00" not in err.diag and all(not 0xD800 <= ord(c) <= 0xDFFF for c in err.diag)
+
+
+@pytest.mark.parametrize("key, value", [
+    ("coreCount", "\u0664"),  # ARABIC-INDIC DIGIT FOUR
+    ("maxDiskCount", "1_000"),
+    ("minRamCount", " +12"),
+    ("fsize", "100,\uff12"),  # FULLWIDTH DIGIT TWO
+    ("fsize", "1e3,2"),
+])
+def test_numbers_are_ascii_digits_only(job_dict, key, value):
+    err = rejected(job_dict(**{key: value}))
+    assert err.code == ErrorCode.CONVERSION_FAILURE
+
+
+def test_absurd_file_size_is_a_malformed_definition_not_a_disk_problem(job_dict):
+    err = rejected(job_dict(fsize=f"100,{2**60}"))
+    assert err.code == ErrorCode.CONVERSION_FAILURE and "out of range" in err.diag

@@ -87,7 +87,7 @@ def test_an_unrun_job_whose_failure_cannot_be_delivered_gets_a_journal(tmp_path)
     journal = json.loads((workdir / "journal.json").read_text())
     assert journal["final"] == {"state": "failed", "pilot_error_code": 1371,
                                 "pilot_error_diag": "file name 'a/b' contains a path separator"}
-    assert journal["job"]["PandaID"] == "9"
+    assert Journal.load(workdir / "journal.json").job["PandaID"] == "9"
 
 
 def test_a_refused_identity_is_not_swallowed(tmp_path):

@@ -9,8 +9,8 @@ import pytest
 
 from pilot import fsutil
 from pilot.journal import STEPS, Journal
+from pilot.layout import JOB_DEFINITION, JOURNAL_FILES
 from pilot.layout import JOURNAL as JOURNAL_NAME
-from pilot.layout import JOURNAL_FILES
 
 RAW = {"PandaID": "7", "attemptNr": "1", "transformation": "run.sh"}
 
@@ -21,9 +21,9 @@ def journal(tmp_path):
 
 
 def on_disk(tmp_path) -> dict:
-    """The journal as a reader sees it; also checks that nothing but the journal (and its file events)
-    is in the directory."""
-    assert set(os.listdir(tmp_path)) <= {JOURNAL_NAME, JOURNAL_FILES}, "temporary files left behind"
+    """The journal as a reader sees it; also checks that nothing but the journal, the job's definition
+    (and the file events) is in the directory."""
+    assert set(os.listdir(tmp_path)) - {JOURNAL_FILES} == {JOB_DEFINITION, JOURNAL_NAME}, "temporary files left behind"
     return json.loads((tmp_path / JOURNAL_NAME).read_text())
 
 
@@ -32,10 +32,11 @@ def test_create_writes_the_journal(journal, tmp_path):
     assert journal.path == tmp_path / JOURNAL_NAME
     assert data["panda_id"] == 7 and data["attempt_nr"] == 1
     assert data["site"] == "SITE_A" and data["node"] == "node01"
-    assert data["job"] == RAW
+    assert "job" not in data and data["definition"] == JOB_DEFINITION
+    assert json.loads((tmp_path / JOB_DEFINITION).read_text()) == RAW
     assert data["step"] == "created"
     assert "created" in data["steps"]
-    assert data["version"] == 1
+    assert data["version"] == 2
     assert "path" not in data
 
 
@@ -73,6 +74,50 @@ def test_load_round_trip(journal, tmp_path):
     assert loaded.final == {"job_status": "failed", "pilot_error_code": 1165}
     assert loaded.recovery_attempts == 2
     assert loaded.has_reached("staged_in") and not loaded.has_reached("payload_done")
+
+
+def test_the_definition_is_written_once_not_at_every_step(tmp_path, monkeypatch):
+    written = []
+    real = fsutil.atomic_write_json
+
+    def counted(path, obj):
+        written.append(path.name)
+        real(path, obj)
+
+    monkeypatch.setattr("pilot.journal.atomic_write_json", counted)
+    big = {**RAW, "jobPars": "x" * 1_000_000}
+    journal = Journal.create(tmp_path, 7, 1, "SITE_A", "node01", big)
+    for step in STEPS[1:]:
+        journal.reach(step)
+    assert written.count(JOB_DEFINITION) == 1 and written.count(JOURNAL_NAME) == len(STEPS)
+    assert (tmp_path / JOURNAL_NAME).stat().st_size < 2000
+    assert Journal.load(tmp_path / JOURNAL_NAME).job == big
+
+
+def test_a_journal_that_holds_its_definition_still_loads(tmp_path):
+    old = {"version": 1, "panda_id": 7, "attempt_nr": 1, "site": "S", "node": "n", "job": RAW, "step": "staged_in",
+           "state": "running", "steps": {}, "files": {}, "final": None, "recovery_attempts": 0, "updated": 1.0}
+    (tmp_path / JOURNAL_NAME).write_text(json.dumps(old))
+    loaded = Journal.load(tmp_path / JOURNAL_NAME)
+    assert loaded.job == RAW and loaded.step == "staged_in"
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000, "[1]", "{broken"])
+def test_a_broken_journal_is_a_value_error(tmp_path, text):
+    (tmp_path / JOURNAL_NAME).write_text(text)
+    with pytest.raises(ValueError):
+        Journal.load(tmp_path / JOURNAL_NAME)
+
+
+def test_failed_saves_are_counted_for_the_report(journal, monkeypatch):
+    def full(src, dst):
+        raise OSError(28, "No space left")
+
+    monkeypatch.setattr(fsutil.os, "replace", full)
+    assert journal.save() is False and journal.save() is False
+    monkeypatch.undo()
+    assert journal.save() is True
+    assert (journal.save_failures, journal.save_error) == (2, "No space left")
 
 
 def test_file_info_only_for_finished_files(journal):

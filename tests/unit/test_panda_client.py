@@ -549,3 +549,34 @@ def test_close_closes_session(fake, monkeypatch):
 def test_bad_config(cfg):
     with pytest.raises(ValueError):
         PandaDispatcher(PandaConfig(**{"url": URL, **cfg}))
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+@pytest.mark.parametrize("api, url, body", [
+    ("v1", V1_GET, DEEP),
+    ("v1", V1_GET, '{"success": true, "data": {"StatusCode": 0, "jobs": [{"PandaID": 1, "x": ' + DEEP + "}]}}"),
+    ("legacy", LEG_GET, '{"StatusCode": 0, "jobs": ' + json.dumps(DEEP) + "}"),  # the field holding JSON
+])
+def test_deeply_nested_reply_is_a_protocol_failure_not_a_recursion_error(mock, fake, api, url, body):
+    mock.post(url, body=body, content_type="application/json")
+    err = fails(FailureKind.PROTOCOL, lambda: make(fake, api=api).get_job(request()))
+    assert "deeper than" in err.diag or "not a JSON list" in err.diag
+
+
+def test_deeply_nested_update_reply_is_a_protocol_failure(mock, fake):
+    mock.post(V1_UPDATE, body='{"success": true, "data": ' + DEEP + "}", content_type="application/json")
+    fails(FailureKind.PROTOCOL, lambda: make(fake).update_job(JobUpdate(1, "running", 1)))
+
+
+@pytest.mark.parametrize("api,url", [("v1", V1_GET), ("legacy", LEG_GET)])
+def test_cache_report_is_sent_only_under_a_configured_field(mock, fake, api, url):
+    mock.post(url, json=v1_ok({"StatusCode": 20}) if api == "v1" else {"StatusCode": 20})
+    report = {"v": 1, "count": 1, "bytes": 10, "files": ["mc16:a.root"]}
+    make(fake, api=api).get_job(request(cached_files=report))
+    body = sent_json(mock) if api == "v1" else sent_form(mock)
+    assert "cached_files" not in body and "cachedFiles" not in body and "SITE_A" in body.values()
+    make(fake, api=api, cache_report_field="cachedFiles").get_job(request(cached_files=report))
+    body = sent_json(mock) if api == "v1" else sent_form(mock)
+    assert json.loads(body["cachedFiles"]) == report

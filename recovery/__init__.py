@@ -1,0 +1,1 @@
+"""Recovery of jobs a dead pilot left behind (see jobrecovery.py)."""

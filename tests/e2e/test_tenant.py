@@ -1,0 +1,352 @@
+"""The payload as an untrusted tenant: every probe, run through the pilot's command line, in same-uid mode
+(`none`) and in switched modes (`uid` with setpriv, `glexec` through the glexec stand-in, `uid` inside a
+bubblewrap sandbox). Switched modes need root (test accounts are made here and removed after).
+
+One pilot run per mode takes all the probe jobs; each test below asserts one probe on that run."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from pilot.errors import ErrorCode, ExitCode
+from pilot.proctrack import cgroup_parent
+from tests.e2e.conftest import Site, pids_alive, stop_pilot, wait_for
+
+ROOT = os.geteuid() == 0
+STANDIN = Path(__file__).resolve().parents[1] / "standins" / "glexec"
+USERS = ("pptenant1", "pptenant2")
+DN = {"pptenant1": "/DC=org/DC=pandapilot-test/CN=Tenant One", "pptenant2": "/DC=org/DC=pandapilot-test/CN=Tenant Two"}
+UNMAPPED_DN = "/DC=org/DC=elsewhere/CN=Nobody Known"
+MODES = ["none", "uid", "glexec", "bwrap"]
+SWITCHED = ["uid", "glexec", "bwrap"]
+SECRETS = {"PANDA_AUTH_TOKEN": "pilot-token-s3cret", "OIDC_AUTH_TOKEN": "pilot-oidc-s3cret"}
+
+
+def _needs(mode: str) -> None:
+    if mode != "none" and not ROOT:
+        pytest.skip("switched modes need root (test accounts, setpriv)")
+    if mode == "bwrap" and shutil.which("bwrap") is None:
+        pytest.skip("bubblewrap is not installed (.ci/provision-tenant.sh installs it)")
+
+
+# --- accounts and proxies --------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def accounts() -> Iterator[dict[str, pwd.struct_passwd]]:
+    if not ROOT:
+        yield {}
+        return
+    for name in USERS:
+        subprocess.run(["userdel", name], capture_output=True)  # a leftover of an interrupted run
+        subprocess.run(["useradd", "--no-create-home", "--home-dir", f"/home/{name}", "--shell", "/bin/bash",
+                        "--user-group", name], check=True, capture_output=True)
+    yield {name: pwd.getpwnam(name) for name in USERS}
+    for name in USERS:
+        subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)  # only the test accounts
+        subprocess.run(["userdel", name], capture_output=True)
+
+
+def make_proxy(dn: str, expired: bool = False) -> str:
+    """An X.509 proxy (certificate and key in one PEM) for `dn`, with an RFC 3820 proxy CN."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    oids = {"DC": NameOID.DOMAIN_COMPONENT, "CN": NameOID.COMMON_NAME}
+    parts = [part.split("=", 1) for part in dn.strip("/").split("/")] + [["CN", "2718281828"]]
+    name = x509.Name([x509.NameAttribute(oids[k], v) for k, v in parts])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    start, end = (now - datetime.timedelta(days=2), now - datetime.timedelta(days=1)) if expired else \
+        (now - datetime.timedelta(minutes=5), now + datetime.timedelta(hours=12))
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(start).not_valid_after(end)
+            .sign(key, hashes.SHA256()))
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                serialization.NoEncryption())
+    return (cert.public_bytes(serialization.Encoding.PEM) + key_pem).decode()
+
+
+@pytest.fixture(scope="session")
+def proxies() -> dict[str, str]:
+    return {**{user: make_proxy(dn) for user, dn in DN.items()}, "unmapped": make_proxy(UNMAPPED_DN),
+            "expired": make_proxy(DN["pptenant1"], expired=True)}
+
+
+# --- one site per mode ------------------------------------------------------------------------------
+@dataclass
+class TenantSite:
+    mode: str
+    site: Site
+    env: dict[str, str]
+    pilot_proxy: Path
+    proxies: dict[str, str]
+
+    @property
+    def switched(self) -> bool:
+        return self.mode != "none"
+
+    def job(self, panda_id: int, script: str, outputs: tuple[str, ...] = (), user: str = "pptenant1",
+            **extra: Any) -> None:
+        if self.switched:
+            extra.setdefault("userProxy", self.proxies[user])
+            extra.setdefault("prodUserID", DN.get(user, UNMAPPED_DN))
+        extra.setdefault("prodSourceLabel", "user")
+        script = "; ".join(line for line in script.strip().splitlines())  # jobPars carry one line
+        self.site.add_job(panda_id, script, outputs=outputs, **extra)
+
+    def start(self, *extra: str) -> subprocess.Popen:
+        return subprocess.Popen(self.site.argv(*extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, cwd=self.site.root, env=self.env)
+
+    def run(self) -> subprocess.CompletedProcess:
+        return subprocess.run(self.site.argv(), capture_output=True, text=True, timeout=600, cwd=self.site.root,
+                              env=self.env)
+
+    def output(self, name: str) -> str:
+        return (self.site.se / "out" / "scope" / name).read_text()
+
+    def final(self, panda_id: int) -> dict[str, Any]:
+        return self.site.final(panda_id)
+
+
+def make_site(mode: str, root: Path, proxies: dict[str, str]) -> TenantSite:
+    os.chmod(root, 0o755)  # the payload's account must reach its part of the work dir
+    pilot_proxy = root / "pilot-x509up"
+    pilot_proxy.write_text("PILOT PROXY SECRET\n")
+    pilot_proxy.chmod(0o600)
+    token = root / "pilot-token"
+    token.write_text("PILOT BEARER SECRET\n")
+    token.chmod(0o600)
+    env = {**os.environ, **SECRETS, "X509_USER_PROXY": str(pilot_proxy), "BEARER_TOKEN_FILE": str(token)}
+    env.pop("GLEXEC_LOCATION", None)
+    settings: dict[str, Any] = {"sepath": "out", "looping_limit_min": 1, "looping_check_interval": 0.5,
+                                "memory_grace": 1, "memory_check_interval": 0.5, "kill_grace": 2}
+    mapfile = root / "grid-mapfile"
+    mapfile.write_text("".join(f'"{dn}" {user}\n' for user, dn in DN.items()))
+    if mode in ("uid", "bwrap"):
+        settings.update(identity="uid", grid_mapfile=str(mapfile))
+    if mode == "bwrap":
+        settings["sandbox"] = "bubblewrap"
+    if mode == "glexec":
+        (root / "glexec" / "sbin").mkdir(parents=True)
+        (root / "glexec" / "etc").mkdir()
+        shutil.copy2(STANDIN, root / "glexec" / "sbin" / "glexec")
+        shutil.copy2(mapfile, root / "glexec" / "etc" / "grid-mapfile")
+        env["GLEXEC_LOCATION"] = str(root / "glexec")
+        settings["identity"] = "glexec"
+    return TenantSite(mode, Site(root, settings), env, pilot_proxy, proxies)
+
+
+@pytest.fixture
+def open_root() -> Iterator[Path]:
+    root = Path(tempfile.mkdtemp(prefix="pandapilot-tenant-"))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+# The probe payloads: each prints the PIDs it starts on its stdout (the final report's `stdout`).
+PROBE = """id -u > uid-{id}.txt
+if cat {proxy} >/dev/null 2>&1; then echo readable; else echo denied; fi > proxy-{id}.txt
+if echo tampered >> ../journal.json 2>/dev/null; then echo writable; else echo denied; fi > journal-{id}.txt
+env > env-{id}.txt
+"""
+SYMLINK_OUTPUT = "ln -s {proxy} out-{id}.dat"
+HARDLINK_OUTPUT = "ln {proxy} out-{id}.dat 2>/dev/null || echo 'no hard link to it' > out-{id}.dat"
+HOSTILE_NAMES = """echo before
+ln -s {victim} ../{id}.log.tgz 2>/dev/null
+rm -f payload.stdout && ln -s /dev/zero payload.stdout
+rm -f payload.stderr && ln -s {proxy} payload.stderr
+ln -s {proxy} jobReport.json
+rm -f ../pilot.log 2>/dev/null && ln -s {proxy} ../pilot.log
+exit 3
+"""
+TREE = "echo $$; (setsid sleep 300 & echo $!); setsid sh -c 'sleep 300 & echo $!; sleep 300' & sleep 1; "
+LOOPING = TREE + "sleep 300"
+MEMORY = TREE + "exec python3 -c 'import time; x = bytearray(300 * 2**20); time.sleep(300)'"
+
+
+@dataclass
+class Run:
+    t: TenantSite
+    result: subprocess.CompletedProcess
+    victim: Path
+
+
+@pytest.fixture(scope="module", params=MODES)
+def run(request, accounts, proxies, tmp_path_factory) -> Iterator[Run]:
+    mode = request.param
+    _needs(mode)
+    root = Path(tempfile.mkdtemp(prefix=f"pandapilot-tenant-{mode}-"))
+    try:
+        t = make_site(mode, root, proxies)
+        victim = root / "victim"
+        victim.write_text("untouched\n")
+        fmt = {"proxy": t.pilot_proxy, "victim": victim}
+        t.job(1, PROBE.format(id=1, **fmt), tuple(f"{n}-1.txt" for n in ("uid", "proxy", "journal", "env")))
+        t.job(2, SYMLINK_OUTPUT.format(id=2, **fmt), ("out-2.dat",))
+        t.job(3, HARDLINK_OUTPUT.format(id=3, **fmt), ("out-3.dat",))
+        t.job(4, HOSTILE_NAMES.format(id=4, **fmt))
+        t.job(5, LOOPING, maxCpuCount=1)
+        t.job(6, MEMORY, minRamCount=60)
+        if t.switched:
+            t.job(7, "id -u > uid-7.txt", ("uid-7.txt",), user="pptenant2")
+            t.job(8, "echo ran > ran-8.txt", ("ran-8.txt",), user="unmapped")
+            t.job(9, "echo ran > ran-9.txt", ("ran-9.txt",), user="expired")
+        result = t.run()
+        yield Run(t, result, victim)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _pids(stdout: str) -> list[int]:
+    return [int(word) for word in stdout.split() if word.isdigit()]
+
+
+def _account_processes(name: str) -> list[tuple[int, str]]:
+    """Live processes of a test account (a zombie left to init to collect runs nothing)."""
+    uid = pwd.getpwnam(name).pw_uid
+    return [(p.pid, p.info["name"]) for p in psutil.process_iter(["uids", "name", "status"])
+            if p.info["uids"] and p.info["uids"].real == uid and p.info["status"] != psutil.STATUS_ZOMBIE]
+
+
+# --- the probes ------------------------------------------------------------------------------------
+def test_pilot_runs_all_probe_jobs(run: Run) -> None:
+    assert run.result.returncode == ExitCode.OK, run.result.stdout + run.result.stderr
+
+
+def test_payload_runs_as_the_mapped_account(run: Run, accounts) -> None:
+    assert run.t.final(1)["job_status"] == "finished", run.t.final(1)
+    expected = accounts["pptenant1"].pw_uid if run.t.switched else os.geteuid()
+    assert int(run.t.output("uid-1.txt")) == expected
+
+
+def test_two_jobs_of_two_users_run_each_under_its_own_account(run: Run, accounts) -> None:
+    if not run.t.switched:
+        pytest.skip("same-uid mode has one account")
+    assert int(run.t.output("uid-1.txt")) == accounts["pptenant1"].pw_uid
+    assert int(run.t.output("uid-7.txt")) == accounts["pptenant2"].pw_uid
+
+
+def test_pilot_proxy_unreadable_and_journal_unwritable(run: Run) -> None:
+    if not run.t.switched:
+        pytest.skip("same-uid mode: the payload is the pilot's account (only the sandbox can hide files)")
+    assert run.t.output("proxy-1.txt").strip() == "denied"
+    assert run.t.output("journal-1.txt").strip() == "denied"
+
+
+def test_no_pilot_secret_in_the_payload_environment(run: Run) -> None:
+    env = dict(line.split("=", 1) for line in run.t.output("env-1.txt").splitlines() if "=" in line)
+    for secret in SECRETS.values():
+        assert secret not in env.values()
+    assert "BEARER_TOKEN_FILE" not in env and "LD_PRELOAD" not in env
+    assert env.get("X509_USER_PROXY", "") != str(run.t.pilot_proxy)
+    if run.t.switched:
+        assert env["USER"] == env["LOGNAME"] == "pptenant1" and env["HOME"] == "/home/pptenant1"
+        assert env["X509_USER_PROXY"].endswith("/cred/x509up"), "the user's own proxy, in its own dir"
+
+
+def test_symlinked_output_fails_and_is_not_shipped(run: Run) -> None:
+    final = run.t.final(2)
+    assert final["pilot_error_code"] == ErrorCode.MISSING_OUTPUT and "symbolic link" in final["pilot_error_diag"]
+    assert not (run.t.site.se / "out" / "scope" / "out-2.dat").exists()
+
+
+def test_hard_linked_output_is_not_shipped_with_the_pilot_proxy(run: Run) -> None:
+    final = run.t.final(3)
+    shipped = run.t.site.se / "out" / "scope" / "out-3.dat"
+    if run.t.switched:  # the kernel refuses a hard link to a file the account cannot read
+        assert final["job_status"] == "finished" and shipped.read_text() == "no hard link to it\n"
+    else:
+        assert final["pilot_error_code"] == ErrorCode.MISSING_OUTPUT and "hard link" in final["pilot_error_diag"]
+        assert not shipped.exists()
+
+
+def test_planted_names_are_never_followed(run: Run) -> None:
+    final = run.t.final(4)
+    assert final["pilot_error_code"] == ErrorCode.PAYLOAD_FAILED and final["trans_exit_code"] == 3
+    assert run.victim.read_text() == "untouched\n", "the tarball went through a planted link"
+    assert "PILOT PROXY" not in json.dumps(final), "a linked stderr, jobReport or pilot.log was read"
+    assert "meta_data" not in final
+    log = run.t.site.se / "out" / "scope" / "4.log.tgz"
+    assert log.is_file() and not log.is_symlink(), "the log tarball is shipped all the same"
+
+
+def test_looping_kill_ends_all_payload_processes(run: Run) -> None:
+    final = run.t.final(5)
+    assert final["pilot_error_code"] == ErrorCode.LOOPING, final
+    if run.t.mode == "none":
+        assert len(_pids(final.get("stdout", ""))) == 3 and not pids_alive(_pids(final["stdout"]))
+
+
+def test_memory_kill_ends_all_payload_processes(run: Run) -> None:
+    final = run.t.final(6)
+    assert final["pilot_error_code"] == ErrorCode.OUT_OF_MEMORY, final
+    if run.t.mode == "none":
+        assert len(_pids(final.get("stdout", ""))) == 3 and not pids_alive(_pids(final["stdout"]))
+
+
+def test_unmapped_dn_fails_the_job_and_runs_nothing(run: Run) -> None:
+    if not run.t.switched:
+        pytest.skip("same-uid mode maps no DN")
+    final = run.t.final(8)
+    assert final["pilot_error_code"] == ErrorCode.GLEXEC and "DN" in final["pilot_error_diag"]
+    assert not (run.t.site.se / "out" / "scope" / "ran-8.txt").exists()
+
+
+def test_expired_user_proxy_fails_the_job_and_runs_nothing(run: Run) -> None:
+    if not run.t.switched:
+        pytest.skip("same-uid mode takes no user proxy")
+    final = run.t.final(9)
+    assert final["pilot_error_code"] == ErrorCode.NO_PROXY and "expired" in final["pilot_error_diag"]
+    assert not (run.t.site.se / "out" / "scope" / "ran-9.txt").exists()
+
+
+def test_nothing_of_the_payload_is_left_after_cleanup(run: Run) -> None:
+    assert not list(run.t.site.work.glob("PanDA_Pilot-*")), "work dirs (and proxy copies) are removed"
+    if run.t.switched:
+        for name in USERS:
+            assert not _account_processes(name), f"processes of {name} outlived their jobs"
+            uid = pwd.getpwnam(name).pw_uid
+            assert not Path(f"/tmp/x509up_u{uid}").exists(), "glexec's target proxy location was not honoured"
+            owned = [str(p) for p in run.t.site.root.rglob("*") if p.lstat().st_uid == uid]
+            assert not owned
+    if cgroup_parent() is not None and ROOT:
+        assert not [p for p in cgroup_parent().iterdir() if p.name.startswith(f"pandapilot-{os.getpid()}")]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_sigterm_to_the_pilot_ends_all_payload_processes(mode, accounts, proxies, open_root) -> None:
+    _needs(mode)
+    t = make_site(mode, open_root, proxies)
+    t.job(30, "echo $$ > pids; (setsid sleep 300 & echo $! >> pids); setsid sleep 300 & echo $! >> pids; sleep 300")
+    pilot = t.start()
+    try:
+        pids_file = t.site.work / "PanDA_Pilot-30-1" / "work" / "pids"
+        pids = wait_for(lambda: pids_file.exists() and len(_pids(pids_file.read_text())) >= 3 and
+                        _pids(pids_file.read_text()), 60, "the payload's pids")
+        pilot.send_signal(signal.SIGTERM)
+        assert pilot.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        stop_pilot(pilot)
+    assert t.final(30)["pilot_error_code"] == ErrorCode.SIGTERM
+    if mode == "bwrap":  # its PIDs are in the sandbox's namespace: look at the account instead
+        assert not _account_processes("pptenant1")
+    else:
+        assert not pids_alive(pids)
+        if t.switched:
+            assert not _account_processes("pptenant1")
