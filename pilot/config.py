@@ -37,6 +37,7 @@ class QueueConfig:
     transfer_retry_wait: float = 10.0  # s between transfer attempts
     maxinputsize: int = 0  # MB of inputs a job may bring in; 0: no limit
     allowdirectaccess: bool = False
+    filestager: bool = False  # inputs are fetched by the payload's file stager, one ahead (not by the pilot)
     trace_url: str = ""  # Rucio's trace endpoint (http(s)://host/traces/): one trace per file transfer
     rucio_register: bool = False  # the rucio mover registers its uploads (default: upload only)
     rucio_python: str = ""  # the interpreter with rucio-clients (default: python3 after copysetup)

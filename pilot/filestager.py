@@ -82,7 +82,7 @@ def read_list(path: Path) -> StagerList:
     """Raises ValueError with a one-line reason for a list that is not one."""
     try:
         raw = json.loads(read_capped(path, MAX_LIST))
-        files = [StagedFile(check_name(str(f["lfn"]), "input name", reserved=False), str(f["url"]),
+        files = [StagedFile(check_name(str(f["lfn"]), "input name"), str(f["url"]),
                             None if f.get("fsize") is None else int(f["fsize"]), str(f.get("checksum") or ""))
                  for f in raw["files"]]
         return StagerList(str(raw["copytool"]), files, str(raw.get("setup") or ""), dict(raw.get("options") or {}))

@@ -38,10 +38,11 @@ from xml.sax.saxutils import quoteattr
 
 from pilot.config import QueueConfig
 from pilot.errors import ErrorCode, PilotError
+from pilot.filestager import hand_over
 from pilot.fsutil import UntrustedFile, atomic_write, open_untrusted
 from pilot.job import FileSpec, Job
 from pilot.journal import Journal
-from pilot.layout import INPUT_MANIFEST, POOL_FILE_CATALOG
+from pilot.layout import FILESTAGER_LIST, INPUT_MANIFEST, POOL_FILE_CATALOG
 from pilot.node import free_mb
 from pilot.traces import Tracer
 from sitemovers.base import (
@@ -178,8 +179,13 @@ class Stager:
         pending = {spec.lfn for spec in todo}
         items = [StageItem(spec, self.url(spec) if spec.lfn in pending else "", str(workdir / spec.lfn),
                            Expected(spec.fsize, spec.checksum, spec.guid, spec.lfn)) for spec in job.inputs]
-        done = self.transfer(Direction.IN, items, journal, direct=wants_direct(job, self.queue))
+        # The file stager (queue `filestager`): inputs are left remote like direct access, and their TURLs
+        # and the mover are handed to the payload, which fetches them one ahead (pilot/filestager.py).
+        direct = self.queue.filestager or wants_direct(job, self.queue)
+        done = self.transfer(Direction.IN, items, journal, direct=direct)
         write_manifest(workdir, job, done)
+        if self.queue.filestager:
+            hand_over(workdir / FILESTAGER_LIST, done, self.movers(Direction.IN))
         return done
 
     def stage_out(self, job: Job, files: list[tuple[FileSpec, Path]], journal: Journal) -> list[Transferred]:

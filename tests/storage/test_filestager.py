@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from pilot.config import QueueConfig
-from pilot.filestager import StagedFile, StagerList, hand_over, read_list, write_list
+from pilot.filestager import StagedFile, StagerList, read_list, write_list
 from pilot.journal import Journal
+from pilot.layout import FILESTAGER_LIST
 from pilot.staging import Stager
-from sitemovers.base import Direction
 from sitemovers.registry import Registry
 from tests.servers.xrootd import XRootDServer
 from tests.storage.conftest import one_file_job
@@ -103,24 +103,31 @@ def test_a_hostile_list_is_refused(tmp_path):
     assert done.returncode == 2 and "path separator" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_the_pilot_hands_over_what_staging_left_remote(xrootd_server, tmp_path):
-    """Stage-in decides direct access; the pilot hands those TURLs and its mover to the stager's list."""
+def test_the_pilot_switches_it_on_and_hands_over_the_list(xrootd_server, tmp_path):
+    """A queue with `filestager`: stage-in copies nothing and writes the list (TURLs and its mover)."""
     area, files, sums = upload(xrootd_server, 1)
     (area / "tests").mkdir(exist_ok=True)
     os.replace(area / "in0.root", area / "tests" / "in0.root")
-    data_sum = sums["in0.root"]
-    job = one_file_job("in0.root", b"", transferType="direct", PandaID="91", fsize=str(files[0].fsize),
-                       checksum=f"ad:{data_sum}")
-    stager = Stager(QueueConfig(name="Q", se=xrootd_server.root_url(area), copytool="xrootd", allowdirectaccess=True),
-                    Registry(), threading.Event())
+    job = one_file_job("in0.root", b"", PandaID="91", fsize=str(files[0].fsize), checksum=f"ad:{sums['in0.root']}")
+    queue = QueueConfig(name="Q", se=xrootd_server.root_url(area), copytool="xrootd", filestager=True)
     work = tmp_path / "job"
     work.mkdir()
-    done = stager.stage_in(job, work, Journal.create(work, 91, 1, "Q", "n", {}))
-    listed = hand_over(work / "filestager.json", done, stager.movers(Direction.IN))
-    assert listed is not None and listed.copytool == "xrootd"
-    again = read_list(work / "filestager.json")
-    assert [(f.lfn, f.url, f.checksum) for f in again.files] == [
-        ("in0.root", xrootd_server.root_url(area / "tests" / "in0.root"), f"ad:{data_sum}")]
-    result = run_stager(tmp_path, again, ["in0.root"])
+    Stager(queue, Registry(), threading.Event()).stage_in(job, work, Journal.create(work, 91, 1, "Q", "n", {}))
+    assert not (work / "in0.root").exists()
+    listed = read_list(work / FILESTAGER_LIST)
+    assert listed.copytool == "xrootd"
+    assert [(f.lfn, f.url, f.checksum) for f in listed.files] == [
+        ("in0.root", xrootd_server.root_url(area / "tests" / "in0.root"), f"ad:{sums['in0.root']}")]
+    result = run_stager(tmp_path, listed, ["in0.root"])
     assert result.returncode == 0, result.stderr
-    assert json.loads((tmp_path / "record.jsonl").read_text())["adler32"] == data_sum
+    assert json.loads((tmp_path / "record.jsonl").read_text())["adler32"] == sums["in0.root"]
+
+
+def test_no_list_without_the_switch(xrootd_server, tmp_path):
+    area, files, sums = upload(xrootd_server, 1)
+    (area / "tests").mkdir(exist_ok=True)
+    os.replace(area / "in0.root", area / "tests" / "in0.root")
+    job = one_file_job("in0.root", b"", PandaID="92", fsize=str(files[0].fsize), checksum=f"ad:{sums['in0.root']}")
+    queue = QueueConfig(name="Q", se=xrootd_server.root_url(area), copytool="xrootd")
+    Stager(queue, Registry(), threading.Event()).stage_in(job, tmp_path, Journal.create(tmp_path, 92, 1, "Q", "n", {}))
+    assert (tmp_path / "in0.root").exists() and not (tmp_path / FILESTAGER_LIST).exists()
