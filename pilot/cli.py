@@ -114,7 +114,42 @@ def parser() -> argparse.ArgumentParser:
     _add_run_arguments(sub.add_parser("recover", help="only recover the jobs dead pilots left, then stop"))
     demo = sub.add_parser("demo", help="run a handful of jobs on a throw-away local site")
     demo.add_argument("--dir", type=Path, help="where to build the site (default: a new temporary directory)")
+    releases = sub.add_parser("releases", help="list the software releases installed on this node")
+    releases.add_argument("--queue", "-q", default="LOCAL", help="the queue whose appdir/envsetup to use")
+    releases.add_argument("--queue-config", type=Path, help="YAML file with the queue's settings")
+    releases.add_argument("--appdir", help="release roots (comma-separated), instead of the queue's appdir")
+    releases.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return top
+
+
+def list_releases(args: argparse.Namespace) -> int:
+    """`pandapilot releases`: the installed releases and platforms, as a table or JSON."""
+    import dataclasses
+    import json
+
+    from pilot.release import installed
+
+    try:
+        queue = QueueConfig.load(args.queue, args.queue_config)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return ExitCode.GENERAL
+    if args.appdir:
+        queue = dataclasses.replace(queue, appdir=args.appdir)
+    if not queue.appdir:
+        log.error("queue %s names no release roots (appdir); give --appdir or --queue-config", queue.name)
+        return ExitCode.GENERAL
+    found = installed(queue)
+    if args.json:
+        print(json.dumps([r.as_dict() for r in found], indent=1))
+        return ExitCode.OK
+    rows = [("RELEASE", "PLATFORM", "PATH"), *((r.name, r.platform, r.path) for r in found)]
+    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+    for name, platform, path in rows:
+        print(f"{name:<{widths[0]}}  {platform:<{widths[1]}}  {path}")
+    if not found:
+        print(f"(no release under {queue.appdir})")
+    return ExitCode.OK
 
 
 def config_from_args(args: argparse.Namespace) -> PilotConfig:
@@ -244,6 +279,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             from pilot.demo import run_demo
 
             return run_demo(args.dir)
+        if args.command == "releases":
+            return list_releases(args)
         return run_pilot(config_from_args(args), recover_only=args.command == "recover")
     except KeyboardInterrupt:
         return 128 + 2

@@ -36,6 +36,7 @@ class QueueConfig:
     stageout_retries: int = 2
     transfer_retry_wait: float = 10.0  # s between transfer attempts
     maxinputsize: int = 0  # MB of inputs a job may bring in; 0: no limit
+    maxinputsize_overrides: list = field(default_factory=list)  # [{taskID|processingType|dataset, maxinputsize}]
     allowdirectaccess: bool = False
     filestager: bool = False  # inputs are fetched by the payload's file stager, one ahead (not by the pilot)
     trace_url: str = ""  # Rucio's trace endpoint (http(s)://host/traces/): one trace per file transfer
@@ -56,7 +57,14 @@ class QueueConfig:
     pcache_report_max: int = 1000  # cached files named in a job request; above, a digest is sent
     # the payload
     setup: str = ""  # a shell snippet sourced before the payload (release setup)
+    appdir: str = ""  # where releases live: one root or several, comma-separated (<root>/<platform>/<release>)
+    envsetup: str = ""  # the release setup script: relative to the release's directory, or absolute
     corecount: int = 0  # cores per job if the job does not say
+    # analysis transformations: downloaded only from these base URLs
+    trf_trusted_urls: list = field(default_factory=list)
+    trf_max_size: int = 50  # MB
+    trf_timeout: float = 60.0  # s per attempt
+    trf_retries: int = 3
     # who the payload runs as (pilot.identity)
     identity: str = "none"  # none | uid | glexec
     sandbox: str = ""  # bubblewrap: hide the pilot's files from the payload
@@ -84,6 +92,7 @@ class QueueConfig:
     kill_grace: float = 30.0  # s between SIGTERM and SIGKILL
     # how often each check runs (s)
     memory_check_interval: float = 60.0
+    memory_first_check: float = 1.0  # s to the first memory sample, the gap doubling up to the interval (0: off)
     disk_check_interval: float = 300.0
     looping_check_interval: float = 600.0
     stdout_check_interval: float = 60.0
@@ -174,6 +183,14 @@ def _coerce(key: str, raw: Any, kind: type) -> Any:
             return int(number)
         if kind is float:
             return float(raw)
+        if kind is list:
+            if isinstance(raw, str):
+                return [item.strip() for item in raw.split(",") if item.strip()]
+            if isinstance(raw, list):
+                return raw
+            if raw is None:
+                return []
+            raise bad
         return "" if raw is None else str(raw)
     except (TypeError, ValueError, OverflowError):
         raise bad from None

@@ -37,10 +37,12 @@ class ErrorCode(IntEnum):
     RECOVERY_ATTEMPTS_EXHAUSTED = 1158
     NO_PROXY = 1163
     MISSING_OUTPUT = 1165
+    SIZE_TOO_LARGE = 1168
     CATALOG_REGISTRATION = 1169
     GET_ADLER32_MISMATCH = 1171
     PUT_ADLER32_MISMATCH = 1172
     GET_SIZE_MISMATCH = 1175
+    NO_SOFTWARE_DIR = 1186
     MKDIR = 1199
     KILL_SIGNAL = 1200
     SIGTERM = 1201
@@ -50,6 +52,7 @@ class ErrorCode(IntEnum):
     SIGBUS = 1206
     SIGUSR1 = 1207
     SIGINT = 1208
+    MISSING_INSTALLATION = 1211
     OUT_OF_MEMORY = 1212
     REACHED_MAX_TIME = 1213
     FILE_EXISTS = 1221
@@ -98,10 +101,12 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.NO_PROXY: "no valid proxy",
     ErrorCode.GLEXEC: "identity switch (glexec, uid) failed",
     ErrorCode.MISSING_OUTPUT: "output file missing",
+    ErrorCode.SIZE_TOO_LARGE: "total input size too large",
     ErrorCode.CATALOG_REGISTRATION: "catalog registration failed",
     ErrorCode.GET_ADLER32_MISMATCH: "adler32 mismatch on input file",
     ErrorCode.PUT_ADLER32_MISMATCH: "adler32 mismatch on output file",
     ErrorCode.GET_SIZE_MISMATCH: "size mismatch on input file",
+    ErrorCode.NO_SOFTWARE_DIR: "software directory does not exist",
     ErrorCode.MKDIR: "could not create directory",
     ErrorCode.KILL_SIGNAL: "killed by a signal",
     ErrorCode.SIGTERM: "killed by SIGTERM",
@@ -111,6 +116,7 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.SIGBUS: "killed by SIGBUS",
     ErrorCode.SIGUSR1: "killed by SIGUSR1",
     ErrorCode.SIGINT: "killed by SIGINT",
+    ErrorCode.MISSING_INSTALLATION: "release not installed",
     ErrorCode.OUT_OF_MEMORY: "payload exceeded its memory limit",
     ErrorCode.REACHED_MAX_TIME: "reached the pilot's time limit",
     ErrorCode.FILE_EXISTS: "file already exists",

@@ -29,6 +29,7 @@ class Reporter:
         self.identity = identity  # node, site_name, scheduler_id, pilot_id
         self.heartbeat: Optional[Heartbeat] = None
         self.current = "starting"  # the state a heartbeat reports
+        self.kept: dict[str, Any] = {}  # fields every later update carries too (cores, start time)
         self.sent = 0
         self._sending = threading.Lock()  # one update at a time (held through the network call)
         self._state = threading.Lock()  # guards `current` only: never waits for the network
@@ -39,6 +40,11 @@ class Reporter:
         with self._state:
             self.current = state
 
+    def keep(self, **fields: Any) -> None:
+        """Fields sent with this and every later update (from 'running' on: coreCount, startTime)."""
+        with self._state:
+            self.kept.update(fields)
+
     def send(self, state: Optional[str] = None, **fields: Any) -> Command:
         """One update (state None: the current one, as a heartbeat repeats it); raises DispatcherError
         when the dispatcher could not take it."""
@@ -47,6 +53,7 @@ class Reporter:
                 if state is not None:
                     self.current = state
                 status = self.current
+                fields = {**self.kept, **fields}
             update = JobUpdate(job_id=self.journal.panda_id, job_status=status,
                                attempt_nr=self.journal.attempt_nr, **self.identity, **fields)
             self.sent += 1

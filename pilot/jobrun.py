@@ -1,7 +1,8 @@
 """The life of one job, start to end: a table of steps (STEPS), walked in order.
 
     step       what runs                                   journal mark     state shown
-    stagein    the inputs come in                          staged_in        starting (sent before)
+    setup      release check, input policy, analysis trf   (stage-in's)     starting (sent before)
+    stagein    the inputs come in                          staged_in        starting
     payload    the payload runs under watch                payload_done     running (sent once started)
     stageout   the outputs go out                          outputs_done     transferring (next heartbeat)
     log        the log tarball goes out                    staged_out       transferring
@@ -35,14 +36,25 @@ from pilot.dispatcher.base import Dispatcher, DispatcherError, FailureKind
 from pilot.errors import ErrorCode, PilotError
 from pilot.heartbeat import Heartbeat, Reporter
 from pilot.identity import Launcher, make_launcher
+from pilot.inputpolicy import check_inputs
 from pilot.job import Job, parse_job
 from pilot.journal import Journal, current_owner
 from pilot.layout import JobDir
 from pilot.monitor import Limits, Monitor, watch
 from pilot.node import NodeInfo
-from pilot.payload import Payload, build_command, payload_env, process_identity
+from pilot.payload import Payload, build_command, cores_for, payload_env, process_identity
 from pilot.pcache import Pcache
 from pilot.proctrack import CgroupTracker, new_tracker
+from pilot.release import (
+    Release,
+    find_release,
+    log_setup_output,
+    needs_wrapper,
+    release_env,
+    setup_failure,
+    wrap,
+    write_wrapper,
+)
 from pilot.report import (
     FinalReport,
     JobFacts,
@@ -52,8 +64,10 @@ from pilot.report import (
     make_log_tarball,
     send_final,
     tail,
+    utc,
 )
 from pilot.staging import Stager, Transferred
+from pilot.transform import Downloader, is_url
 from sitemovers.checksum import Checksum
 from sitemovers.registry import Registry
 
@@ -139,6 +153,10 @@ class JobRun:
         self.recovering = False
         self.stager = Stager(ctx.queue, ctx.registry, ctx.control.cancel)
         self.journal: Journal
+        self.cores = cores_for(job, ctx.queue)
+        self.release: Optional[Release] = None
+        self.transformation: Optional[Path] = None  # an analysis job's downloaded script
+        self.prepared = False  # the setup step ran (a job resumed after stage-in does it again)
 
     # --- the ways in ----------------------------------------------------------------------------------
     def run(self) -> JobResult:
@@ -251,15 +269,42 @@ class JobRun:
             self.journal.fail(int(error.code), error.diag)
 
     # --- steps ------------------------------------------------------------------------------------
+    def _setup(self) -> bool:
+        """Before anything is staged: the release is installed, the inputs fit the site's policy and the
+        disk, an analysis job's transformation comes from a trusted place. Its mark is stage-in's."""
+        self._find_release()
+        check_inputs(self.job, self.ctx.queue, self.dirs.payload,
+                     lambda lfn: self.journal.file_info("in", lfn) is not None)
+        self._fetch_transformation()
+        self.prepared = True
+        return False
+
+    def _find_release(self) -> None:
+        self.release = find_release(self.job, self.ctx.queue)
+        if self.release is not None:
+            log.info("release %s (%s) found in %s", self.release.name, self.release.platform, self.release.path)
+
+    def _fetch_transformation(self) -> None:
+        if is_url(self.job.transformation):
+            self.transformation = Downloader.for_queue(self.ctx.queue).fetch(self.job.transformation,
+                                                                             self.dirs.payload)
+
     def _stage_in(self) -> None:
         self.stager.stage_in(self.job, self.dirs.payload, self.journal)
 
     def _run_payload(self) -> None:
         control, queue, dirs = self.ctx.control, self.ctx.queue, self.dirs
         begin = time.monotonic()
-        argv = build_command(self.job, dirs.payload, queue)
+        if not self.prepared:
+            self._find_release()
+            self._fetch_transformation()
+        argv = build_command(self.job, dirs.payload, self.transformation)
+        wrapped = needs_wrapper(self.release, queue)
+        if wrapped:
+            argv = wrap(argv, write_wrapper(dirs, self.job.panda_id, queue))
         credentials = tuple(name.strip() for name in queue.payload_credentials.split(",") if name.strip())
-        env = payload_env(self.job, dirs.payload, dict(os.environ), credentials)
+        env = payload_env(self.job, dirs.payload, dict(os.environ), credentials, self.cores,
+                          release_env(self.job, self.release))
         try:
             self.launcher = self.ctx.launcher or make_launcher(queue, self.ctx.config.workdir)
         except ValueError as exc:
@@ -269,9 +314,9 @@ class JobRun:
         where = {"cgroup": str(tracker.path)} if isinstance(tracker, CgroupTracker) else {}
         self.journal.payload_started(**where)  # on disk before the payload exists: a later pilot can end it
         self.payload = Payload(launch.argv, dirs.payload, launch.env, tracker)
-        limits = Limits.for_job(self.job, queue, self.ctx.deadline)
+        limits = Limits.for_job(self.job, queue, self.ctx.deadline, self.cores)
         self.monitor = Monitor(self.payload, dirs.payload, limits, queue)
-        self.timing["setup"] = time.monotonic() - begin
+        self.timing["setup"] = self.timing.get("setup", 0.0) + time.monotonic() - begin
         if control.job_kill is not None:
             tracker.close()
             raise control.job_kill
@@ -279,6 +324,7 @@ class JobRun:
             self.payload.start(control.wake)
             assert self.payload.proc is not None
             self.journal.payload_started(**process_identity(self.payload.proc.pid), **where)
+            self.reporter.keep(core_count=self.cores, start_time=utc(self.started))
             self.reporter.try_send("running")
             reason = watch(self.payload, self.monitor, control)
         finally:
@@ -289,11 +335,16 @@ class JobRun:
                  self.payload.ended - self.payload.started)
         if reason is None and code is not None and code < 0 and control.stopping.wait(SIGNAL_SETTLE):
             reason = signal_error(control.signum or -code)
+        if wrapped:
+            log_setup_output(dirs.setup_log)
+        failed_setup = setup_failure(dirs.setup_log, self.exit_code) if wrapped and self.exit_code else None
         launcher_error = self.launcher.exit_error(self.exit_code)
         if reason is not None:
             self._fail(reason)
         elif launcher_error is not None:
             self._fail(launcher_error)
+        elif failed_setup is not None:
+            self._fail(failed_setup)
         elif self.exit_code != 0:
             detail = last_line(dirs.stderr)
             self._fail(PilotError(ErrorCode.PAYLOAD_FAILED,
@@ -357,15 +408,17 @@ class JobRun:
 
     def _facts(self) -> JobFacts:
         facts = JobFacts(job=self.job, workdir=self.workdir, error=self.error, exit_code=self.exit_code,
-                         files=self._stored(), timing=self.timing, started=self.started,
+                         files=self._stored(), timing=self.timing, started=self.started, cores=self.cores,
+                         cpu_model=self.ctx.node.cpu_model,
                          bytes_in=self._bytes("in"), bytes_out=self._bytes("out"),
                          journal_unsaved=self.journal.save_failures, journal_error=self.journal.save_error)
         payload, monitor = self.payload, self.monitor
         if payload is not None and payload.proc is not None:
             facts.cpu_seconds = payload.cpu_seconds
-            facts.max_rss_kb = max(payload.max_rss_kb, monitor.max_rss_kb if monitor else 0)
-        if monitor is not None:
-            facts.max_pss_kb, facts.max_vmem_kb = monitor.max_pss_kb, monitor.max_vmem_kb
+            facts.wall_seconds = max(0.0, (payload.ended or time.time()) - payload.started)
+        if monitor is not None:  # the payload's own tree, this job only
+            facts.max_rss_kb, facts.max_pss_kb = monitor.max_rss_kb, monitor.max_pss_kb
+            facts.max_vmem_kb, facts.max_swap_kb = monitor.max_vmem_kb, monitor.max_swap_kb
         return facts
 
     def _result(self) -> JobResult:
@@ -392,7 +445,9 @@ def _error_of(code: Any, diag: Any) -> PilotError:
 
 
 STEPS: tuple[Step, ...] = (
-    Step("stagein", JobRun._stage_in, "staged_in", "starting", "send", lost_code=ErrorCode.LOST_JOB_NOT_FINISHED),
+    Step("setup", JobRun._setup, "staged_in", "starting", "send",  # release, input policy, transformation
+         lost_code=ErrorCode.LOST_JOB_NOT_FINISHED),
+    Step("stagein", JobRun._stage_in, "staged_in", "starting", "enter", lost_code=ErrorCode.LOST_JOB_NOT_FINISHED),
     Step("payload", JobRun._run_payload, "payload_done", "running", "started",
          lost_code=ErrorCode.LOST_JOB_NOT_FINISHED),
     Step("stageout", JobRun._stage_out_outputs, "outputs_done", "transferring", "enter",

@@ -9,7 +9,8 @@ a job's work directory (no input or output may take one of those).
         proxy/                 0700: the user's proxy as the pilot received it
         cred/                  0700, the payload account's: its copies of credentials
         work/                  the payload's part (owned by the payload's account in switched modes):
-            inputs, outputs, payload.stdout, payload.stderr, jobReport.json, tmp/
+            inputs, outputs, payload.stdout, payload.stderr, jobReport.json, tmp/,
+            release_setup.sh (the release setup wrapper), setup.log (its output)
 
 Everything the pilot reads from `work/` may have been planted by the payload: it is opened without
 following links and read with a bound (pilot.fsutil).
@@ -38,13 +39,15 @@ PAYLOAD_DIR = "work"  # the payload's part of the job's work dir
 WRAPPER = "payload.sh"  # starts the payload under its account
 PROXY_DIR = "proxy"  # the user's proxy, the pilot's copy
 CRED_DIR = "cred"  # the payload account's copies of credentials
+RELEASE_WRAPPER = "release_setup.sh"  # in the payload's part: sources the release setup, then the payload
+SETUP_LOG = "setup.log"  # in the payload's part: the release setup's output
 RECOVERY_LOCK = "recovery.lock"  # held by the pilot recovering this job (O_EXCL)
 # A journal that recovery set aside (unreadable, or out of attempts): never scanned again.
 JOURNAL_ASIDE = (f"{JOURNAL}.corrupt", f"{JOURNAL}.exhausted")
 
 RESERVED = frozenset({JOURNAL, JOURNAL_FILES, JOB_DEFINITION, PILOT_LOG, STDOUT, STDERR, TMP, INPUT_MANIFEST,
                       FILESTAGER_LIST, RECOVERY_LOCK, *JOURNAL_ASIDE, JOB_REPORT, PAYLOAD_DIR, WRAPPER, PROXY_DIR,
-                      CRED_DIR})
+                      CRED_DIR, RELEASE_WRAPPER, SETUP_LOG})
 # Files that change because the pilot works, not the payload: the looping check ignores them.
 PILOT_OWN = frozenset({JOURNAL, JOURNAL_FILES, PILOT_LOG, RECOVERY_LOCK})
 
@@ -103,6 +106,14 @@ class JobDir:
     @property
     def job_report(self) -> Path:
         return self.payload / JOB_REPORT
+
+    @property
+    def setup_log(self) -> Path:
+        return self.payload / SETUP_LOG
+
+    @property
+    def release_wrapper(self) -> Path:
+        return self.payload / RELEASE_WRAPPER
 
     @property
     def tmp(self) -> Path:

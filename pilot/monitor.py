@@ -40,12 +40,13 @@ class Limits:
     deadline: Optional[float]  # wall-clock time by which the payload must be stopped
 
     @classmethod
-    def for_job(cls, job: Job, queue: QueueConfig, pilot_deadline: Optional[float]) -> Limits:
+    def for_job(cls, job: Job, queue: QueueConfig, pilot_deadline: Optional[float], cores: int = 0) -> Limits:
+        """The memory limit is per core: (minRamCount, else the queue's maxrss) x cores x memory_grace."""
         if job.max_cpu_count > 0:
             looping = max(job.max_cpu_count, queue.looping_limit_min)
         else:
             looping = queue.looping_limit_analysis if job.is_analysis else queue.looping_limit_production
-        ram = job.min_ram_count or queue.maxrss * job.core_count
+        ram = (job.min_ram_count or queue.maxrss) * (cores or job.core_count)
         deadline = pilot_deadline - queue.time_margin if pilot_deadline else None
         return cls(
             looping=looping,
@@ -103,6 +104,15 @@ class Check:
     interval: float
     run: Callable[[float], Optional[PilotError]]
     due: float = 0.0
+    ramp: float = 0.0  # > 0: the first run comes after this many seconds, the gap doubling up to `interval`
+
+    def next_gap(self) -> float:
+        if self.ramp <= 0:
+            return self.interval
+        gap, self.ramp = self.ramp, self.ramp * 2
+        if self.ramp >= self.interval:
+            self.ramp = 0.0
+        return min(gap, self.interval)
 
 
 @dataclass
@@ -115,6 +125,7 @@ class Monitor:
     max_pss_kb: int = 0
     max_rss_kb: int = 0
     max_vmem_kb: int = 0
+    max_swap_kb: int = 0
     checks: list[Check] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -122,14 +133,15 @@ class Monitor:
         now = self.clock()
         self.checks = [
             Check("time", 1.0 if self.limits.deadline else 0, self._time),
-            Check("memory", q.memory_check_interval, self._memory),
+            # early samples too: a short payload's memory is measured, not left to the pilot's own figures
+            Check("memory", q.memory_check_interval, self._memory, ramp=q.memory_first_check),
             Check("stdout", q.stdout_check_interval if self.limits.stdout_mb else 0, self._stdout),
             Check("disk", q.disk_check_interval, self._disk),
             Check("looping", q.looping_check_interval if self.limits.looping else 0, self._looping),
         ]
         self.checks = [c for c in self.checks if c.interval > 0]
         for check in self.checks:
-            check.due = now + check.interval
+            check.due = now + check.next_gap()
 
     def seconds_to_next(self) -> float:
         now = self.clock()
@@ -139,7 +151,7 @@ class Monitor:
         now = self.clock()
         for check in self.checks:
             if now >= check.due:
-                check.due = now + check.interval
+                check.due = now + check.next_gap()
                 verdict = check.run(now)
                 if verdict is not None:
                     log.warning("%s check: %s", check.name, verdict.diag)
@@ -150,7 +162,7 @@ class Monitor:
         return time_verdict(now, self.limits.deadline)
 
     def _memory(self, now: float) -> Optional[PilotError]:
-        pss = rss = vms = 0
+        pss = rss = vms = swap = 0
         procs = self.payload.processes()
         unseen = []
         for p in procs:
@@ -164,6 +176,7 @@ class Monitor:
             pss += getattr(info, "pss", info.rss)
             rss += info.rss
             vms += info.vms
+            swap += getattr(info, "swap", 0)
         total = self.payload.memory_bytes() if hasattr(self.payload, "memory_bytes") else None
         if total is not None:  # the cgroup's own accounting covers every process, whoever owns it
             pss, rss = max(pss, total), max(rss, total)
@@ -173,6 +186,7 @@ class Monitor:
         self.max_pss_kb = max(self.max_pss_kb, pss // 1024)
         self.max_rss_kb = max(self.max_rss_kb, rss // 1024)
         self.max_vmem_kb = max(self.max_vmem_kb, vms // 1024)
+        self.max_swap_kb = max(self.max_swap_kb, swap // 1024)
         return memory_verdict(pss / MB, self.limits.memory_mb)
 
     def _stdout(self, now: float) -> Optional[PilotError]:

@@ -18,6 +18,7 @@ class NodeInfo:
     memory_mb: int
     disk_free_mb: int  # under the pilot's work dir
     cpu_mhz: int
+    cpu_model: str = ""  # /proc/cpuinfo's "model name"
 
     @classmethod
     def probe(cls, workdir: Path) -> NodeInfo:
@@ -36,7 +37,22 @@ class NodeInfo:
             memory_mb=psutil.virtual_memory().total // 2**20,
             disk_free_mb=free_mb(workdir),
             cpu_mhz=mhz,
+            cpu_model=cpu_model(),
         )
+
+
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The processor's model name ('' where the kernel does not say)."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as handle:
+            text = handle.read(1 << 16)
+    except OSError:
+        return ""
+    for line in text.splitlines():
+        key, _, name = line.partition(":")
+        if key.strip() in ("model name", "Model", "cpu model"):
+            return " ".join(name.split())
+    return ""
 
 
 def free_mb(path: Path) -> int:

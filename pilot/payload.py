@@ -11,7 +11,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import resource
 import shlex
 import signal
 import subprocess
@@ -26,7 +25,7 @@ import psutil
 from pilot.config import QueueConfig
 from pilot.diskspace import reserve_tail
 from pilot.errors import ErrorCode, PilotError
-from pilot.job import Job, check_name
+from pilot.job import Job, value
 from pilot.layout import INPUT_MANIFEST, JOB_REPORT, STDERR, STDOUT, TMP
 from pilot.proctrack import SubreaperTracker, Tracker
 
@@ -38,29 +37,6 @@ PR_SET_PDEATHSIG = 1
 # own credentials go to production payloads only when the queue names them, never to a user's payload.
 PASS_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "SHELL",
             "X509_CERT_DIR", "X509_VOMS_DIR", "SITE_NAME")
-
-
-def payload_env(job: Job, workdir: Path, base: dict[str, str], credentials: tuple[str, ...] = ()) -> dict[str, str]:
-    """The payload's environment: a few of the pilot's variables, none of its credentials but those
-    named in `credentials` (the queue's `payload_credentials`), which only production jobs get."""
-    keep = PASS_ENV if job.is_analysis else PASS_ENV + credentials
-    env = {k: v for k, v in base.items() if k in keep or k.startswith("LC_")}
-    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-    tmp = workdir / TMP
-    tmp.mkdir(exist_ok=True)
-    cores = str(job.core_count)
-    env.update({
-        "PandaID": str(job.panda_id),
-        "PanDA_TaskID": str(job.task_id),
-        "PanDA_AttemptNr": str(job.attempt_nr),
-        "PANDA_RESOURCE_TYPE": job.resource_type,
-        "ATHENA_PROC_NUMBER": cores,
-        "ATHENA_CORE_NUMBER": cores,
-        "TMPDIR": str(tmp),
-        "PILOT_JOB_REPORT": str(workdir / JOB_REPORT),
-        "PILOT_INPUT_MANIFEST": str(workdir / INPUT_MANIFEST),  # written by stage-in (pilot/staging.py)
-    })
-    return env
 
 
 def process_identity(pid: int) -> dict[str, Any]:
@@ -91,40 +67,52 @@ def _die_with_parent(parent: int) -> Callable[[], None]:
     return arm
 
 
-def download_transformation(url: str, workdir: Path, timeout: float = 300.0) -> Path:
-    """An analysis job's script, fetched into the work dir and made executable."""
-    import requests  # only analysis jobs need it
-
-    name = check_name(url.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0], "transformation name")
-    target = workdir / name
-    try:
-        with requests.get(url, timeout=timeout, stream=True) as reply:
-            reply.raise_for_status()
-            with open(target, "wb") as handle:
-                for chunk in reply.iter_content(1 << 16):
-                    handle.write(chunk)
-    except (requests.RequestException, OSError) as exc:
-        raise PilotError(ErrorCode.TRF_DOWNLOAD_FAILED, f"{url}: {exc}") from None
-    target.chmod(0o755)
-    return target
+CORE_VARIABLES = ("ATHENA_PROC_NUMBER", "ATHENA_CORE_NUMBER", "OMP_NUM_THREADS", "PANDA_CORE_COUNT")
 
 
-def build_command(job: Job, workdir: Path, queue: QueueConfig) -> list[str]:
-    """argv for the payload: transformation + jobPars, no shell (except the queue's own setup snippet)."""
+def cores_for(job: Job, queue: QueueConfig) -> int:
+    """The job's cores: its coreCount, else the queue's corecount, else 1."""
+    if value(job.raw, "coreCount"):
+        return job.core_count
+    return queue.corecount if queue.corecount > 0 else job.core_count
+
+
+def payload_env(job: Job, workdir: Path, base: dict[str, str], credentials: tuple[str, ...] = (),
+                cores: int = 0, extra: Optional[dict[str, str]] = None) -> dict[str, str]:
+    """The payload's environment: a few of the pilot's variables, none of its credentials but those
+    named in `credentials` (the queue's `payload_credentials`), which only production jobs get; the
+    job's cores; `extra` (the release's variables)."""
+    keep = PASS_ENV if job.is_analysis else PASS_ENV + credentials
+    env = {k: v for k, v in base.items() if k in keep or k.startswith("LC_")}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    tmp = workdir / TMP
+    tmp.mkdir(exist_ok=True)
+    env.update({
+        "PandaID": str(job.panda_id),
+        "PanDA_TaskID": str(job.task_id),
+        "PanDA_AttemptNr": str(job.attempt_nr),
+        "PANDA_RESOURCE_TYPE": job.resource_type,
+        "TMPDIR": str(tmp),
+        "PILOT_JOB_REPORT": str(workdir / JOB_REPORT),
+        "PILOT_INPUT_MANIFEST": str(workdir / INPUT_MANIFEST),  # written by stage-in (pilot/staging.py)
+    })
+    env.update(dict.fromkeys(CORE_VARIABLES, str(cores or job.core_count)))
+    env.update(extra or {})
+    return env
+
+
+def build_command(job: Job, workdir: Path, transformation: Optional[Path] = None) -> list[str]:
+    """argv for the payload: transformation (or the downloaded script) + jobPars, never a shell."""
     try:
         args = shlex.split(job.job_pars)
     except ValueError as exc:
         raise PilotError(ErrorCode.CONVERSION_FAILURE, f"jobPars cannot be split: {exc}") from None
     trf = job.transformation
-    if trf.startswith(("http://", "https://")):
-        trf = str(download_transformation(trf, workdir))
+    if transformation is not None:
+        trf = f"./{transformation.name}" if transformation.parent == workdir else str(transformation)
     elif "/" not in trf and (workdir / trf).is_file():
         trf = f"./{trf}"  # a script that came in with the inputs
-    argv = [trf, *args]
-    if queue.setup:
-        # The site's setup is itself a shell snippet; the payload's words stay positional parameters.
-        argv = ["/bin/bash", "-c", f'{queue.setup}\nexec "$@"', "payload", *argv]
-    return argv
+    return [trf, *args]
 
 
 @dataclass
@@ -142,14 +130,11 @@ class Payload:
     exited: threading.Event = field(default_factory=threading.Event)
     started: float = 0.0
     ended: float = 0.0
-    _rusage_before: Optional[resource.struct_rusage] = None
-    cpu_seconds: float = 0.0
-    max_rss_kb: int = 0
+    cpu_seconds: float = 0.0  # user + system time of every payload process (the reaped ones too)
 
     def start(self, on_exit: threading.Event) -> None:
         """Launch; `on_exit` is set when the payload's main process ends (it wakes the watcher). The
         output files are created new, never opened through a name the payload could have planted."""
-        self._rusage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         out_fd = create_new(self.stdout or self.workdir / STDOUT)
         try:
             err_fd = create_new(self.stderr or self.workdir / STDERR)
@@ -225,12 +210,17 @@ class Payload:
         if not self.tracker.wait_empty(10, exclude=self.proc.pid):
             log.error("payload processes %s do not end even after SIGKILL",
                       sorted(self.tracker.pids() - {self.proc.pid}))
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            log.error("payload process %d does not end even after SIGKILL", self.proc.pid)
+        leader_cpu = 0.0
+        if self.proc.returncode is None:
+            reaped = _wait4(self.proc.pid, 30)
+            if reaped is None:
+                log.error("payload process %d does not end even after SIGKILL", self.proc.pid)
+            else:
+                self.proc.returncode = os.waitstatus_to_exitcode(reaped[0])
+                leader_cpu = reaped[1]
+        in_cgroup = self.tracker.cpu_seconds()  # the kernel's account of every process, where there is one
         self.tracker.close()
-        self._account()
+        self.cpu_seconds = in_cgroup if in_cgroup is not None else leader_cpu + self.tracker.reaped_cpu
 
     def _signal_leader(self, signum: int) -> None:
         """The group, and the main process should it have left it, while it is not reaped (the PID and
@@ -245,12 +235,21 @@ class Payload:
                 except PermissionError:
                     log.error("cannot signal the payload (pid %d): permission denied", self.proc.pid)
 
-    def _account(self) -> None:
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        before = self._rusage_before
-        if before is not None:
-            self.cpu_seconds = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-        self.max_rss_kb = max(self.max_rss_kb, after.ru_maxrss)
+
+def _wait4(pid: int, timeout: float) -> Optional[tuple[int, float]]:
+    """Reap the payload's first process: (wait status, CPU seconds of it and of every process it reaped),
+    or None when it did not end within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            got, status, usage = os.wait4(pid, os.WNOHANG)
+        except ChildProcessError:
+            return None
+        if got == pid:
+            return status, usage.ru_utime + usage.ru_stime
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.02)
 
 
 def _in_child(*steps: Optional[Callable[[], None]]) -> Callable[[], None]:

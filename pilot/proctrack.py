@@ -124,6 +124,11 @@ class Tracker(ABC):
         """The tree's memory from the kernel's accounting, where there is one; None: sum the processes."""
         return None
 
+    def cpu_seconds(self) -> Optional[float]:
+        """User + system time of every process the tree ever had, from the kernel's accounting where
+        there is one; None: count what the pilot reaps (`reaped_cpu` and the first process's own)."""
+        return None
+
     def signal(self, signum: int, exclude: int = -1) -> list[int]:
         """Send `signum` to every payload process but `exclude`; returns the PIDs that could not be
         signalled for lack of permission (a payload under another user, with a non-root pilot)."""
@@ -164,17 +169,19 @@ class Tracker(ABC):
             if pid == exclude:
                 continue
             try:
-                done, _ = os.waitpid(pid, os.WNOHANG)
+                done, _, usage = os.wait4(pid, os.WNOHANG)
             except ChildProcessError:  # not our child (or already collected)
                 self._seen.discard(pid)
                 continue
             if done:
                 self._seen.discard(pid)
+                self.reaped_cpu += usage.ru_utime + usage.ru_stime  # with what it reaped itself
 
     def close(self) -> None:  # noqa: B027 - nothing to release for most trackers
         """Release what the tracker holds (after the payload has ended)."""
 
     _seen: set[int]
+    reaped_cpu: float = 0.0  # CPU seconds of the orphans the pilot reaped (and of what they reaped)
     leader: int = -1
     started: float = 0.0
 
@@ -229,6 +236,17 @@ class CgroupTracker(Tracker):
         except (OSError, ValueError):
             return None  # no memory controller here: the monitor sums the processes
 
+    def cpu_seconds(self) -> Optional[float]:
+        try:
+            text = (self.path / "cpu.stat").read_text()
+        except OSError:
+            return None
+        for line in text.splitlines():
+            key, _, number = line.partition(" ")
+            if key == "usage_usec" and number.strip().isdigit():
+                return int(number) / 1e6
+        return None
+
     def kill_all(self, exclude: int = -1) -> None:
         self.pids()  # remember who was there, to reap orphans re-parented to the pilot
         (self.path / "cgroup.kill").write_text("1")
@@ -280,6 +298,7 @@ class SubreaperTracker(Tracker):
         for pid, p in found.items():
             try:
                 if p.status() == psutil.STATUS_ZOMBIE:
+                    self._seen.add(pid)  # an orphan that ended: reap_orphans collects it (and its CPU time)
                     continue
             except psutil.Error:
                 continue

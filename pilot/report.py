@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s | %(message)s"
 MAX_JOB_REPORT = 4 * 2**20  # a bigger job report is not sent as metaData
 TIMING_KEYS = ("getjob", "stagein", "payload", "stageout", "setup")
+CPU_UNIT_MAX = 128  # characters the server's cpuConsumptionUnit column holds
 
 
 @contextlib.contextmanager
@@ -98,7 +99,7 @@ def make_log_tarball(dirs: JobDir, name: str, level: int = 1, stdout_max: int = 
     target = dirs.root / name
     inner = name[: -len(".tgz")] if name.endswith(".tgz") else name
     inner = inner[: -len(".tar")] if inner.endswith(".tar") else inner
-    members = (dirs.pilot_log, dirs.stdout, dirs.stderr, dirs.job_report, dirs.journal)
+    members = (dirs.pilot_log, dirs.setup_log, dirs.stdout, dirs.stderr, dirs.job_report, dirs.journal)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=dirs.root)
         try:
@@ -164,6 +165,28 @@ def utc(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
 
 
+def cpu_unit(model: str) -> str:
+    """The CPU time's unit as the server keeps it: seconds, and the CPU they were counted on."""
+    return f"s+{one_line(model)}"[:CPU_UNIT_MAX] if model.strip() else "s"
+
+
+def mean_cores(cpu_seconds: float, wall_seconds: float) -> Optional[int]:
+    """The cores the payload kept busy on average: its CPU time over its wall time (at least 1)."""
+    if wall_seconds <= 0:
+        return None
+    return max(1, int(round(cpu_seconds / wall_seconds)))
+
+
+def full_urls(report: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each output's storage URL with its scheme: a bare path a mover returned becomes a file:// URL
+    (taken literally, as the local mover reads it)."""
+    for entry in report.values():
+        surl = str(entry.get("surl", ""))
+        if surl.startswith("/"):
+            entry["surl"] = "file://" + surl
+    return report
+
+
 def _is_int32(value: Any) -> bool:
     """A JSON integer the server can store (a bool is not one)."""
     return isinstance(value, int) and not isinstance(value, bool) and -(2**31) <= value < 2**31
@@ -215,10 +238,14 @@ class JobFacts:
     started: float
     bytes_in: int = 0
     bytes_out: int = 0
+    cores: int = 0  # the cores the payload was given (0: the job's coreCount)
+    cpu_model: str = ""  # the node's CPU, sent with the CPU time's unit
     cpu_seconds: Optional[float] = None  # None: the payload's figures are not known (never ran, or recovered)
-    max_rss_kb: int = 0
+    wall_seconds: float = 0.0  # how long the payload ran
+    max_rss_kb: int = 0  # the payload's own process tree, this job only
     max_pss_kb: int = 0
     max_vmem_kb: int = 0
+    max_swap_kb: int = 0
     journal_unsaved: int = 0  # saves of the journal that failed (a full disk): said in the report
     journal_error: str = ""
 
@@ -246,20 +273,21 @@ def _all_fields(facts: JobFacts) -> dict[str, Any]:
         "trans_exit_code": facts.exit_code if facts.exit_code is not None else (0 if not failed else None),
         "pilot_error_code": int(error.code) if error is not None else 0,
         "pilot_error_diag": _diag(facts) if error is not None else None,
-        "core_count": job.core_count,
+        "core_count": facts.cores or job.core_count,
         "n_input_files": len(job.inputs),
         "start_time": utc(facts.started),
         "end_time": utc(time.time()),
-        "job_output_report": output_report(job, facts.files) if facts.files else None,
+        "job_output_report": full_urls(output_report(job, facts.files)) if facts.files else None,
         "pilot_timing": pilot_timing(facts.timing),
         "pilot_log": tail(dirs.pilot_log, 1024),
         "stdout": tail(dirs.stdout, 2048) or None,
     }
     if facts.cpu_seconds is not None:
-        fields.update(cpu_consumption_time=int(round(facts.cpu_seconds)), cpu_consumption_unit="s",
-                      cpu_conversion_factor=1.0)
-        fields["max_rss"] = max(facts.max_rss_kb, 0) or None
-    fields.update(max_pss=facts.max_pss_kb or None, max_vmem=facts.max_vmem_kb or None)
+        fields.update(cpu_consumption_time=int(round(facts.cpu_seconds)),
+                      cpu_consumption_unit=cpu_unit(facts.cpu_model), cpu_conversion_factor=1.0,
+                      mean_core_count=mean_cores(facts.cpu_seconds, facts.wall_seconds))
+    fields.update(max_rss=facts.max_rss_kb or None, max_pss=facts.max_pss_kb or None,
+                  max_vmem=facts.max_vmem_kb or None, max_swap=facts.max_swap_kb or None)
     if job_report is not None:
         fields["meta_data"] = json.dumps(job_report)
         exit_code, events = job_report.get("exitCode"), job_report.get("nEvents")
@@ -268,7 +296,7 @@ def _all_fields(facts: JobFacts) -> dict[str, Any]:
             fields["exe_error_diag"] = one_line(str(job_report.get("exitMsg", "")))
         if _is_int32(events) and events >= 0:
             fields["n_events"] = events
-    fields["job_metrics"] = job_metrics(coreCount=job.core_count, nInputFiles=len(job.inputs),
+    fields["job_metrics"] = job_metrics(coreCount=facts.cores or job.core_count, nInputFiles=len(job.inputs),
                                         bytesIn=facts.bytes_in, bytesOut=facts.bytes_out,
                                         journalUnsaved=facts.journal_unsaved or None)
     return {k: v for k, v in fields.items() if v is not None}
@@ -287,7 +315,7 @@ def _essential_fields(facts: JobFacts) -> dict[str, Any]:
     if facts.exit_code is not None:
         fields["trans_exit_code"] = facts.exit_code
     try:
-        fields["job_output_report"] = output_report(facts.job, facts.files)
+        fields["job_output_report"] = full_urls(output_report(facts.job, facts.files))
     except Exception:
         log.exception("no output report for job %d", facts.job.panda_id)
     return fields

@@ -43,7 +43,6 @@ from pilot.fsutil import UntrustedFile, atomic_write, open_untrusted
 from pilot.job import FileSpec, Job
 from pilot.journal import Journal
 from pilot.layout import FILESTAGER_LIST, INPUT_MANIFEST, POOL_FILE_CATALOG
-from pilot.node import free_mb
 from pilot.traces import Tracer
 from sitemovers.base import (
     Direction,
@@ -169,12 +168,6 @@ class Stager:
     # --- the two directions -------------------------------------------------------------------------
     def stage_in(self, job: Job, workdir: Path, journal: Journal) -> list[Transferred]:
         todo = [spec for spec in job.inputs if not journal.file_info("in", spec.lfn)]
-        needed = sum(spec.fsize or 0 for spec in todo) // 2**20
-        if todo and needed >= free_mb(workdir):
-            raise PilotError(ErrorCode.NO_LOCAL_SPACE, f"inputs need {needed} MB, {free_mb(workdir)} MB free")
-        if self.queue.maxinputsize and needed > self.queue.maxinputsize:
-            raise PilotError(ErrorCode.NO_LOCAL_SPACE,
-                             f"inputs of {needed} MB exceed the queue's maxinputsize {self.queue.maxinputsize} MB")
         self.tracer.job(job.panda_id, job.is_analysis)
         pending = {spec.lfn for spec in todo}
         items = [StageItem(spec, self.url(spec) if spec.lfn in pending else "", str(workdir / spec.lfn),

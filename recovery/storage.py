@@ -22,7 +22,7 @@ from pilot.jobrun import PilotContext
 from pilot.journal import Journal
 from pilot.layout import JobDir
 from pilot.staging import Stager
-from sitemovers.base import SiteMover, TransferError
+from sitemovers.base import Direction, SiteMover, TransferError, is_partial
 from sitemovers.checksum import Checksum, Hasher, file_checksum
 from sitemovers.local import LocalSiteMover, local_path
 
@@ -37,7 +37,7 @@ def tidy_storage(ctx: PilotContext, job: Job, journal: Journal) -> None:
         return
     stager = Stager(ctx.queue, ctx.registry, threading.Event())
     try:
-        mover = stager._mover("out")
+        mover = stager.movers(Direction.OUT)[0]
     except PilotError as exc:
         log.error("job %d: storage not checked: %s", job.panda_id, exc.diag)
         return
@@ -99,8 +99,12 @@ def partial_files(mover: SiteMover, url: str) -> list[str]:
     path = _local(mover, url)
     if path is None:
         return []
-    partial = path.with_name(f".{path.name}.part")
-    return [str(partial)] if os.path.lexists(partial) else []
+    try:
+        names = os.listdir(path.parent)
+    except FileNotFoundError:
+        return []
+    # the one temporary-name pattern of every put (sitemovers.base.partial_name)
+    return [str(path.parent / name) for name in names if is_partial(name) and name.startswith(f".{path.name}.")]
 
 
 def remove(mover: SiteMover, url: str) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import queue
 import re
+import stat
 import threading
 import zlib
 from dataclasses import dataclass
@@ -162,9 +164,13 @@ def copy_with_checksum(
     checksum of the bytes written in the same pass. `durable`: fsync before returning (outputs); an input
     can always be fetched again, so it is not forced to disk."""
     hasher = Hasher(md5=md5)
-    src = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+    src = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not hang the open
     try:
-        size = os.fstat(src).st_size
+        info = os.fstat(src)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(source))
+        os.set_blocking(src, True)
+        size = info.st_size
         dst = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         try:
             copy_fd(src, dst, hasher, cancel, size_hint=size)

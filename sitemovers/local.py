@@ -14,7 +14,16 @@ import threading
 from pathlib import Path
 from typing import Optional
 
-from sitemovers.base import Expected, Failure, Outcome, RemoteFile, SiteMover, TransferError, TransferResult
+from sitemovers.base import (
+    Expected,
+    Failure,
+    Outcome,
+    RemoteFile,
+    SiteMover,
+    TransferError,
+    TransferResult,
+    verify,
+)
 from sitemovers.checksum import Cancelled, Checksum, ChecksumError, copy_with_checksum, file_checksum
 from sitemovers.command import run, timeout_for
 
@@ -199,6 +208,8 @@ LSM_SAME_FILE = 212  # lsm-put: the destination already holds this very file
 
 
 def lsm_classify(returncode: int, stderr: str) -> Failure:
+    if returncode == 200 and "does not exist" in stderr.lower():
+        return Failure.NOT_FOUND  # the generic code, with the protocol's "Source file does not exist"
     if returncode in LSM_CODES:
         return LSM_CODES[returncode]
     return Failure.UNSUPPORTED if returncode in (126, 127) else Failure.FAILED
@@ -226,9 +237,14 @@ class LsmSiteMover(SiteMover):
 
     def _run(self, tool: str, expected: Expected, src: str, dst: str,
              cancel: Optional[threading.Event]) -> int:
-        completed = run([tool, *self._options(expected), src, dst], setup=self.settings.setup,
-                        timeout=self.settings.timeout or timeout_for(expected.fsize), cancel=cancel,
-                        classify=lsm_classify, ok=(0, LSM_SAME_FILE) if tool == "lsm-put" else (0,))
+        try:
+            completed = run([tool, *self._options(expected), src, dst], setup=self.settings.setup,
+                            timeout=self.settings.timeout or timeout_for(expected.fsize), cancel=cancel,
+                            classify=lsm_classify, ok=(0, LSM_SAME_FILE) if tool == "lsm-put" else (0,))
+        except TransferError as exc:
+            if exc.failure is Failure.CHECKSUM_MISMATCH and expected.checksum is not None:
+                exc.checksum_kind = expected.checksum.kind  # the script checked the kind it was given
+            raise
         return completed.returncode
 
     def fetch(self, source: str, tmp: Path, expected: Expected,
@@ -245,6 +261,7 @@ class LsmSiteMover(SiteMover):
             cancel: Optional[threading.Event] = None) -> TransferResult:
         checksum = file_checksum(Path(source))
         size = os.stat(source).st_size
+        verify(expected.lfn or str(source), size, checksum, expected)
         wanted = Expected(size, checksum, expected.guid, expected.lfn)
         code = self._run("lsm-put", wanted, str(source), self.rewrite(destination), cancel)
         outcome = Outcome.ALREADY_DONE if code == LSM_SAME_FILE else Outcome.COPIED

@@ -100,6 +100,7 @@ class JobUpdate:
     cpu_consumption_unit: Optional[str] = None
     cpu_conversion_factor: Optional[float] = None
     core_count: Optional[int] = None
+    mean_core_count: Optional[int] = None
     n_events: Optional[int] = None
     n_input_files: Optional[int] = None
     start_time: Optional[str] = None  # "%Y-%m-%d %H:%M:%S" UTC
@@ -113,7 +114,7 @@ class JobUpdate:
     max_rss: Optional[int] = None  # kB
     max_vmem: Optional[int] = None
     max_pss: Optional[int] = None
-    max_swap: Optional[int] = None
+    max_swap: Optional[int] = None  # kB
     extra: dict[str, Any] = field(default_factory=dict)  # back-end specific additions, by wire name
 
     def fields(self) -> dict[str, Any]:

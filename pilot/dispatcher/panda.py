@@ -55,7 +55,7 @@ UPDATE_JOB_FIELDS: dict[str, str] = {
     "n_input_files": "nInputFiles", "start_time": "startTime", "end_time": "endTime",
     "job_output_report": "xml", "meta_data": "metaData", "pilot_log": "pilotLog", "stdout": "stdout",
     "pilot_timing": "pilotTiming", "job_metrics": "jobMetrics", "max_rss": "maxRSS", "max_vmem": "maxVMEM",
-    "max_pss": "maxPSS", "max_swap": "maxSWAP",
+    "max_pss": "maxPSS", "max_swap": "maxSWAP", "mean_core_count": "meanCoreCount",
 }  # fmt: skip
 
 # Fields of the tables above that the v1 API does not have.
@@ -66,7 +66,7 @@ NOT_IN_V1 = frozenset({"cpu"})
 V1_INTEGERS = frozenset({
     "memory", "disk_space", "n_jobs", "task_id", "worker_id", "remaining_time",
     "job_id", "attempt_nr", "trans_exit_code", "pilot_error_code", "exe_error_code",
-    "cpu_consumption_time", "core_count", "n_events", "n_input_files",
+    "cpu_consumption_time", "core_count", "mean_core_count", "n_events", "n_input_files",
 })  # fmt: skip
 V1_NUMBERS = frozenset({"cpu_conversion_factor", "max_rss", "max_vmem", "max_pss", "max_swap"})
 

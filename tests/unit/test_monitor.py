@@ -103,8 +103,10 @@ def test_looping_default_for_analysis_and_production(limits_for, transformation,
     assert limits_for(transformation=transformation, prodSourceLabel=label, maxCpuCount="NULL").looping == expected
 
 
-def test_memory_from_min_ram_count_times_grace(limits_for):
-    assert limits_for(minRamCount="2500", coreCount="8").memory_mb == 5000
+def test_memory_from_min_ram_count_times_cores_times_grace(limits_for):
+    """minRamCount is per core, as the earlier pilots read it: a multi-core job's limit scales."""
+    assert limits_for(minRamCount="2500", coreCount="8").memory_mb == 2500 * 8 * 2.0
+    assert limits_for(minRamCount="2500", coreCount="1").memory_mb == 2500 * 2.0
 
 
 def test_memory_from_queue_maxrss_per_core(limits_for):
@@ -144,7 +146,7 @@ class FakePayload:
 
 
 INTERVALS = QueueConfig(memory_check_interval=60, stdout_check_interval=60, disk_check_interval=300,
-                        looping_check_interval=600, min_free_disk=0)
+                        looping_check_interval=600, min_free_disk=0, memory_first_check=0)
 
 
 def limits(**kw) -> Limits:
@@ -302,3 +304,16 @@ def test_memory_check_without_processes(tmp_path, clock):
     clock.advance(60)
     assert mon.run_due() is None
     assert mon.max_pss_kb == 0
+
+
+def test_memory_is_sampled_early_then_at_its_interval(tmp_path, clock):
+    """A short payload's memory is measured: samples after 0.5, 1, 2, ... s, then every interval."""
+    mon = monitor(tmp_path, clock, queue=QueueConfig(memory_check_interval=5, memory_first_check=0.5,
+                                                     stdout_check_interval=0, min_free_disk=0))
+    ran = recorded(mon)
+    times = []
+    for _ in range(6):
+        clock.advance(mon.seconds_to_next())
+        mon.run_due()
+        times.append(clock.now - 1_000_000.0)
+    assert ran.count("memory") == 6 and times == [0.5, 1.5, 3.5, 7.5, 12.5, 17.5]

@@ -28,6 +28,7 @@ from pilot.layout import JOURNAL, RECOVERY_LOCK, job_dir_name
 from pilot.node import NodeInfo
 from pilot.report import FinalReport
 from recovery.jobrecovery import JobRecovery
+from sitemovers.base import partial_name
 from sitemovers.registry import Registry
 
 
@@ -142,13 +143,14 @@ def test_an_attempt_that_moved_on_is_only_cleaned_up(tmp_path, monkeypatch):
 
 def test_a_partial_file_is_removed_and_an_intact_output_not_sent_again(tmp_path, monkeypatch):
     workdir = leftover(tmp_path, 17, "stageout", monkeypatch)
-    (tmp_path / "se" / ".17.log.tgz.part").write_bytes(b"half a log")
+    partial = tmp_path / "se" / partial_name("17.log.tgz")  # the one temporary-name pattern of a put
+    partial.write_bytes(b"half a log")
     (tmp_path / "se" / "out.dat").write_text("17\n")  # the put landed; its journal record did not
     before = (tmp_path / "se" / "out.dat").stat().st_mtime_ns
     os.utime(tmp_path / "se" / "out.dat", ns=(1, 1))
     ctx, summary = recover(tmp_path)
     assert summary.recovered == [17]
-    assert not (tmp_path / "se" / ".17.log.tgz.part").exists()
+    assert not partial.exists()
     assert (tmp_path / "se" / "out.dat").stat().st_mtime_ns == 1 != before, "not copied again"
     assert set(finals(ctx, 17)[0]["job_output_report"]) == {"out.dat", "17.log.tgz"}
     assert not workdir.exists()

@@ -220,12 +220,6 @@ def test_unknown_copytool(se, work, journal, make_job):
     assert "teleport" in err.diag
 
 
-def test_maxinputsize(se, work, journal, make_job):
-    big = make_job(fsize=f"{3 * 2**20},{2 * 2**20}", checksum="NULL")
-    err = code_of(lambda: stager(se, maxinputsize=4).stage_in(big, work, journal))
-    assert err.code == ErrorCode.NO_LOCAL_SPACE
-
-
 # --- stage-out --------------------------------------------------------------------------------------
 def outputs(job, work, content=b"result data"):
     (work / "out.root").write_bytes(content)

@@ -1,0 +1,151 @@
+"""The per-family fixture providers of the mover contract suite (tests/movers/test_contract.py).
+
+Every test of the suite runs once per family listed in FAMILIES. A family is a `Family`: how to build
+its mover, where its storage lives, and how to place, read and list files there *without* the mover
+(straight on the storage's own terms), so that the tests can check what really landed.
+
+Adding a family (e.g. xrootd against the server on loopback):
+1. write a fixture `family_<name>(tmp_path, ...) -> Family` here (or in a module imported here), using
+   the session-scoped server fixture of that family; skip with a reason when the server cannot run;
+2. add `"<name>"` to FAMILIES.
+Optional capabilities: `hang_settings` (MoverSettings under which the mover's tool hangs, for the
+timeout and cancel tests: e.g. a setup script that puts a hanging tool first in PATH), `failing_setup`
+(settings whose setup script fails), `readonly` and `full` (context managers making the storage refuse
+writes / run out of space). A family without one gets those tests skipped with the reason given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import pytest
+
+from sitemovers.base import MoverSettings, SiteMover
+from sitemovers.local import LocalSiteMover, LsmSiteMover
+
+TOOLS = Path(__file__).resolve().parents[2] / "sitemovers" / "tools"
+STANDINS = Path(__file__).resolve().parents[1] / "standins"
+
+
+@dataclass
+class Family:
+    name: str
+    make: Callable[[MoverSettings], SiteMover]
+    url: Callable[[str], str]  # storage URL of a relative name
+    place: Callable[[str, bytes], None]  # put bytes at the storage, not through the mover
+    read: Callable[[str], Optional[bytes]]  # the bytes at the storage (None: absent)
+    listing: Callable[[str], list[str]]  # names in a storage directory (relative)
+    hang_settings: Optional[MoverSettings] = None
+    failing_setup: Optional[MoverSettings] = None
+    readonly: Optional[Callable[[], contextlib.AbstractContextManager]] = None
+    full: Optional[Callable[[], contextlib.AbstractContextManager]] = None
+    skip_reasons: dict[str, str] = field(default_factory=dict)
+
+    def mover(self, settings: Optional[MoverSettings] = None) -> SiteMover:
+        return self.make(settings or MoverSettings())
+
+
+def directory_family(name: str, root: Path, make: Callable[[MoverSettings], SiteMover],
+                     url: Callable[[str], str]) -> Family:
+    """A family whose storage is (or is backed by) the directory `root`."""
+    root.mkdir(parents=True, exist_ok=True)
+
+    def place(rel: str, data: bytes) -> None:
+        target = root / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+
+    def read(rel: str) -> Optional[bytes]:
+        target = root / rel
+        return target.read_bytes() if target.is_file() else None
+
+    def listing(rel: str) -> list[str]:
+        target = root / rel
+        return sorted(os.listdir(target)) if target.is_dir() else []
+
+    return Family(name, make, url, place, read, listing, readonly=lambda: read_only(root),
+                  full=lambda: small_tmpfs(root))
+
+
+@contextlib.contextmanager
+def read_only(path: Path) -> Iterator[None]:
+    """`path` as a read-only bind mount of itself (root only): writes fail with EROFS."""
+    if os.geteuid() != 0:
+        pytest.skip("a read-only bind mount needs root")
+    subprocess.run(["mount", "--bind", str(path), str(path)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(path)], check=True)
+        yield
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size: str = "1m") -> Iterator[None]:
+    """A 1 MB tmpfs mounted over `path` (root only): the storage runs out of space."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "pilot-test-full", str(path)], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+def hanging_tool_settings(tmp_path: Path, *tools: str) -> MoverSettings:
+    """A setup script that puts tools which hang (and have a child that would outlive them) first in PATH."""
+    bindir = tmp_path / "hanging-bin"
+    bindir.mkdir(exist_ok=True)
+    for tool in tools:
+        script = bindir / tool
+        script.write_text("#!/bin/sh\nsleep 600 &\nwait\n")
+        script.chmod(0o755)
+    setup = tmp_path / "hang-setup.sh"
+    setup.write_text(f'export PATH="{bindir}:$PATH"\n')
+    return MoverSettings(setup=str(setup))
+
+
+def failing_setup_settings(tmp_path: Path) -> MoverSettings:
+    setup = tmp_path / "broken-setup.sh"
+    setup.write_text("echo 'site setup: grid client area not mounted' >&2\nreturn 1\n")
+    return MoverSettings(setup=str(setup))
+
+
+# --- the families -------------------------------------------------------------------------------------
+def family_local(tmp_path: Path) -> Family:
+    root = tmp_path / "se"
+    family = directory_family("local", root, LocalSiteMover, lambda rel: f"file://{root}/{rel}")
+    family.skip_reasons = {
+        "timeout": "local copies in-process: there is no command to hang (a FIFO source is refused instead)",
+        "setup": "local needs no setup script",
+    }
+    return family
+
+
+def family_lsm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Family:
+    monkeypatch.setenv("PATH", f"{TOOLS}:{os.environ.get('PATH', '')}")
+    if shutil.which("lsm-get") is None:
+        pytest.skip("the lsm tools are not executable here")
+    root = tmp_path / "se"
+    family = directory_family("lsm", root, LsmSiteMover, lambda rel: str(root / rel))
+    family.hang_settings = hanging_tool_settings(tmp_path, "lsm-get", "lsm-put")
+    family.failing_setup = failing_setup_settings(tmp_path)
+    return family
+
+
+FAMILIES = {
+    "local": lambda request, tmp_path: family_local(tmp_path),
+    "lsm": lambda request, tmp_path: family_lsm(tmp_path, request.getfixturevalue("monkeypatch")),
+}
+
+
+@pytest.fixture(params=sorted(FAMILIES))
+def family(request, tmp_path) -> Family:
+    return FAMILIES[request.param](request, tmp_path)
