@@ -10,7 +10,7 @@ pilot's Python minor version.
 
 Names travel as they are. Where a protocol decodes percent-escapes (XRootD's client inside gfal2 decodes
 both its root:// and its local file:// URLs; HTTP decodes request paths) the mover escapes them; a name
-with '?' cannot be carried by root:// (it starts the opaque part) and is refused.
+with '?' cannot be carried by root:// (it starts the opaque part) nor by XRootD's http, and is refused.
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ import errno
 import functools
 import importlib.machinery
 import importlib.util
+import os
 import sys
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +33,7 @@ from typing import Any, Optional
 from sitemovers.base import Expected, Failure, RemoteFile, SiteMover, TransferError
 from sitemovers.checksum import Checksum, ChecksumError
 from sitemovers.command import classify_default, timeout_for
+from sitemovers.xrootd import CLIENT_DEFAULTS
 
 SEARCH = ("/usr/lib/python3/dist-packages", f"/usr/lib64/python3.{sys.version_info[1]}/site-packages",
           f"/usr/lib/python3.{sys.version_info[1]}/site-packages")
@@ -40,6 +43,7 @@ ERRNO_FAILURES = {
     errno.ENOENT: Failure.NOT_FOUND,
     errno.EACCES: Failure.AUTH,
     errno.EPERM: Failure.AUTH,
+    errno.EROFS: Failure.AUTH,
     errno.ENOSPC: Failure.NO_SPACE,
     errno.EDQUOT: Failure.NO_SPACE,
     errno.ETIMEDOUT: Failure.TIMEOUT,
@@ -52,6 +56,8 @@ ERRNO_FAILURES = {
 @functools.cache
 def load_gfal2(extra: str = "") -> ModuleType:
     """The gfal2 module: importable as it is, or the compiled module alone from a system directory."""
+    for key, value in CLIENT_DEFAULTS.items():  # before gfal2 starts XRootD's client in this process
+        os.environ.setdefault(key, value)
     try:
         import gfal2  # type: ignore[import-not-found]
 
@@ -89,6 +95,8 @@ def wire_url(url: str, local_peer: bool = False) -> str:
             raise TransferError(Failure.UNSUPPORTED, f"{url}: '?' in a name cannot travel in a root:// URL")
         return f"{head}://{host}{slash}{rest.replace('%', '%25')}"
     if scheme in HTTP_SCHEMES:
+        if "?" in rest:  # XrdHttp takes it as the query even escaped (checksum and rename requests)
+            raise TransferError(Failure.UNSUPPORTED, f"{url}: '?' in a name cannot travel in an http URL here")
         return f"{head}://{host}{slash}{urllib.parse.quote(rest, safe='/')}"
     if scheme == "file" and local_peer:
         return url.replace("%", "%25")
@@ -125,26 +133,35 @@ class GfalSiteMover(SiteMover):
         return load_gfal2(str(self.settings.options.get("gfal2_path") or ""))
 
     @contextmanager
-    def _context(self, cancel: Optional[threading.Event] = None) -> Iterator[Any]:
-        """A gfal2 context for one operation; a set `cancel` cancels what it is doing."""
+    def _context(self, cancel: Optional[threading.Event] = None, timeout: float = 0.0) -> Iterator[Any]:
+        """A gfal2 context for one operation. A set `cancel`, or `timeout` seconds passing (gfal2's own
+        transfer timeout does not cover a client stuck reconnecting), cancels what it is doing."""
+        if cancel is not None and cancel.is_set():
+            raise TransferError(Failure.CANCELLED, "transfer interrupted")
         gfal2 = self._gfal()
         ctx = gfal2.creat_context()
-        done = threading.Event()
+        done, why = threading.Event(), []
+        deadline = time.monotonic() + timeout if timeout else None
 
         def watch() -> None:
             while not done.wait(0.05):
                 if cancel is not None and cancel.is_set():
+                    why.append(Failure.CANCELLED)
+                elif deadline is not None and time.monotonic() >= deadline:
+                    why.append(Failure.TIMEOUT)
+                if why:
                     ctx.cancel()
                     return
 
-        watcher = threading.Thread(target=watch, daemon=True) if cancel is not None else None
+        watcher = threading.Thread(target=watch, daemon=True) if cancel is not None or deadline else None
         if watcher is not None:
             watcher.start()
         try:
             yield ctx
         except gfal2.GError as exc:
-            if cancel is not None and cancel.is_set():
-                raise TransferError(Failure.CANCELLED, "transfer interrupted") from None
+            if why:
+                what = "interrupted" if why[0] is Failure.CANCELLED else f"timed out after {timeout:.0f} s"
+                raise TransferError(why[0], f"gfal2 transfer {what}") from None
             raise failure_of(exc) from None
         finally:
             done.set()
@@ -156,22 +173,27 @@ class GfalSiteMover(SiteMover):
         params = ctx.transfer_parameters()
         params.overwrite = True  # only ever onto our own temporary name
         params.create_parent = True
-        params.timeout = int(self.settings.timeout or timeout_for(fsize))
+        params.timeout = int(self._timeout(fsize))
         value = checksum.value if checksum is not None and checksum.kind == "adler32" else ""
         params.set_checksum(gfal2.checksum_mode.both, "ADLER32", value)
         return params
 
+    def _timeout(self, fsize: Optional[int]) -> float:
+        return self.settings.timeout or timeout_for(fsize)
+
     def _copy(self, source: str, dest: str, fsize: Optional[int], checksum: Optional[Checksum],
               cancel: Optional[threading.Event]) -> None:
-        with self._context(cancel) as ctx:
+        with self._context(cancel, self._timeout(fsize) + 30.0) as ctx:  # gfal2's own timeout first
             ctx.filecopy(self._params(ctx, fsize, checksum), source, dest)
 
     # --- the primitives -----------------------------------------------------------------------------
     def fetch(self, source: str, tmp: Path, expected: Expected,
               cancel: Optional[threading.Event]) -> RemoteFile:
+        # gfal2 checks the copy against the source's ADLER32 (the transfer is intact); what landed is then
+        # verified against the job's size and checksum, size first (a truncated source is a size mismatch).
         remote = wire_url(self.rewrite(source))
-        self._copy(remote, local_url(tmp, remote), expected.fsize, expected.checksum, cancel)
-        return RemoteFile(tmp.stat().st_size, self._checksum(local_url(tmp, ""), expected.checksum))
+        self._copy(remote, local_url(tmp, remote), expected.fsize, None, cancel)
+        return RemoteFile(tmp.stat().st_size, self._checksum(local_url(tmp, ""), None))
 
     def send(self, source: Path, tmp_url: str, expected: Expected,
              cancel: Optional[threading.Event]) -> RemoteFile:
