@@ -20,6 +20,7 @@ from pilot.versiontag import job_label, parse_tag, pilot_id_field
 if TYPE_CHECKING:
     from pilot.jobrun import PilotContext
     from pilot.pcache import Pcache
+    from sitemovers.registry import Registry
 
 log = logging.getLogger("pilot")
 
@@ -195,9 +196,10 @@ def run_recovery(ctx: PilotContext, config: PilotConfig) -> Optional[int]:
     return None
 
 
-def run_pilot(config: PilotConfig, recover_only: bool = False) -> int:
+def run_pilot(config: PilotConfig, recover_only: bool = False, registry: Optional[Registry] = None) -> int:
     """Set up the pilot's collaborators, recover what dead pilots left (unless switched off), and run the
-    loop (or only the recovery); returns the exit code."""
+    loop (or only the recovery); returns the exit code. `registry`: the site movers (default: those
+    installed, by entry point)."""
     from pilot.control import Control
     from pilot.dispatcher import make_dispatcher
     from pilot.dispatcher.base import DispatcherError
@@ -235,7 +237,8 @@ def run_pilot(config: PilotConfig, recover_only: bool = False) -> int:
         return ExitCode.GENERAL
     ctx = PilotContext(
         config=config, queue=queue, node=NodeInfo.probe(config.workdir), dispatcher=dispatcher,
-        registry=Registry(), control=control, deadline=started + lifetime if lifetime else None, pcache=pcache,
+        registry=registry or Registry(), control=control, deadline=started + lifetime if lifetime else None,
+        pcache=pcache,
     )
     log.info("pandapilot %s (%s) on %s, queue %s, dispatcher %s, job label %s", __version__, config.version_tag,
              ctx.node.host, queue.name, config.dispatcher, config.job_label)
@@ -264,13 +267,15 @@ def open_pcache(queue: QueueConfig, cancel: threading.Event) -> Optional[Pcache]
     if settings is None:
         return None
     try:
-        return Pcache(settings, cancel=cancel)
+        # a payload under a switched identity is never root; with `none` it runs as the pilot does
+        switched = queue.identity in ("uid", "glexec")
+        return Pcache(settings, cancel=cancel, payload_as_root=not switched and os.geteuid() == 0)
     except (OSError, sqlite3.Error) as exc:
         log.warning("the node cache %s cannot be opened, running uncached: %s", settings.root, exc)
         return None
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None, registry: Optional[Registry] = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)-7s %(name)s | %(message)s")
@@ -281,7 +286,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             return run_demo(args.dir)
         if args.command == "releases":
             return list_releases(args)
-        return run_pilot(config_from_args(args), recover_only=args.command == "recover")
+        return run_pilot(config_from_args(args), recover_only=args.command == "recover",
+                         registry=registry)
     except KeyboardInterrupt:
         return 128 + 2
     except Exception:  # the last line of defence: a traceback in the log and the documented code

@@ -43,6 +43,11 @@ class QueueConfig:
     rucio_register: bool = False  # the rucio mover registers its uploads (default: upload only)
     rucio_python: str = ""  # the interpreter with rucio-clients (default: python3 after copysetup)
     gfal2_path: str = ""  # a directory holding the gfal2 Python module, when the pilot cannot import it
+    lfchost: str = ""  # the LFC file catalogue (rfcp mover)
+    lfcpath: str = ""  # its path for this queue's files (default /grid/atlas)
+    castor_svcclass: str = ""  # "prefix^class" pairs: CASTOR service class by path (castor, rfcp movers)
+    castor_svcclasses: str = ""  # classes tried in turn when no prefix matches (default "default")
+    castor_stage_host: str = ""  # STAGE_HOST for the CASTOR tools
     link_inputs: bool = False  # the local mover hard-links inputs instead of copying (a read-only SE)
     transfer_threads: int = 4  # files moved at once
     prepare_timeout: float = 3600.0  # s to wait for a prepare phase (tape recall, stager) to bring inputs online

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import logging
 import os
@@ -140,13 +139,12 @@ _FALLOC_FL_KEEP_SIZE = 0x01
 
 
 def _libc_fallocate():  # type: ignore[no-untyped-def]
-    name = ctypes.util.find_library("c")
-    if not name:
+    """libc's fallocate, from the symbols already loaded (no library search, no subprocess)."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).fallocate
+    except (OSError, AttributeError):
         return None
-    libc = ctypes.CDLL(name, use_errno=True)
-    function = getattr(libc, "fallocate", None)
-    if function is not None:
-        function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+    function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
     return function
 
 

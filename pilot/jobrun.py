@@ -43,7 +43,7 @@ from pilot.layout import JobDir
 from pilot.monitor import Limits, Monitor, watch
 from pilot.node import NodeInfo
 from pilot.payload import Payload, build_command, cores_for, payload_env, process_identity
-from pilot.pcache import Pcache
+from pilot.pcache import CacheHook, Pcache
 from pilot.proctrack import CgroupTracker, new_tracker
 from pilot.release import (
     Release,
@@ -68,6 +68,7 @@ from pilot.report import (
 )
 from pilot.staging import Stager, Transferred
 from pilot.transform import Downloader, is_url
+from sitemovers.base import Outcome
 from sitemovers.checksum import Checksum
 from sitemovers.registry import Registry
 
@@ -151,7 +152,9 @@ class JobRun:
         self.report: Optional[FinalReport] = None
         self.reported = False
         self.recovering = False
-        self.stager = Stager(ctx.queue, ctx.registry, ctx.control.cancel)
+        self.cache_hook = CacheHook(ctx.pcache) if ctx.pcache is not None else None
+        self.stager = Stager(ctx.queue, ctx.registry, ctx.control.cancel,
+                             hooks=[self.cache_hook] if self.cache_hook is not None else ())
         self.journal: Journal
         self.cores = cores_for(job, ctx.queue)
         self.release: Optional[Release] = None
@@ -290,7 +293,11 @@ class JobRun:
                                                                              self.dirs.payload)
 
     def _stage_in(self) -> None:
-        self.stager.stage_in(self.job, self.dirs.payload, self.journal)
+        try:
+            self.stager.stage_in(self.job, self.dirs.payload, self.journal)
+        finally:
+            if self.cache_hook is not None:
+                self.cache_hook.release()  # entries whose get failed: other pilots need not wait for them
 
     def _run_payload(self) -> None:
         control, queue, dirs = self.ctx.control, self.ctx.queue, self.dirs
@@ -402,15 +409,21 @@ class JobRun:
                 stored.append(Transferred(spec.lfn, int(info["fsize"]), checksum, str(info["location"])))
         return stored
 
-    def _bytes(self, direction: str) -> int:
+    def _bytes(self, direction: str, outcome: str = "") -> int:
         return sum(int(info.get("fsize", 0)) for key, info in self.journal.files.items()
-                   if key.startswith(direction + ":"))
+                   if key.startswith(direction + ":") and (not outcome or info.get("outcome") == outcome))
+
+    def _from_cache(self) -> int:
+        return sum(1 for key, info in self.journal.files.items()
+                   if key.startswith("in:") and info.get("outcome") == Outcome.FROM_CACHE.value)
 
     def _facts(self) -> JobFacts:
         facts = JobFacts(job=self.job, workdir=self.workdir, error=self.error, exit_code=self.exit_code,
                          files=self._stored(), timing=self.timing, started=self.started, cores=self.cores,
                          cpu_model=self.ctx.node.cpu_model,
                          bytes_in=self._bytes("in"), bytes_out=self._bytes("out"),
+                         files_from_cache=self._from_cache(),
+                         bytes_from_cache=self._bytes("in", Outcome.FROM_CACHE.value),
                          journal_unsaved=self.journal.save_failures, journal_error=self.journal.save_error)
         payload, monitor = self.payload, self.monitor
         if payload is not None and payload.proc is not None:

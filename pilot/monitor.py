@@ -202,6 +202,8 @@ class Monitor:
         )
 
     def _looping(self, now: float) -> Optional[PilotError]:
+        if not os.access(self.workdir, os.R_OK | os.X_OK):  # a payload account's dir a non-root pilot cannot see
+            log.error("looping check cannot read the payload's work dir %s: its files are not seen", self.workdir)
         last = max(newest_mtime(self.workdir, ignore=PILOT_OWN), self.payload.started)
         return looping_verdict(last, now, self.limits.looping)
 

@@ -22,9 +22,11 @@ again.
 
 Cached files are read-only to payloads. A hard link shares the inode, so the cached copy is protected by
 its mode (0444, owned by the pilot) only from a payload that cannot change that mode: one running under
-another uid that is not root. `link: auto` (the default) links for such a payload and gives a copy to a
-payload running as root; `hardlink` always links (a payload of the pilot's own uid that chmods and writes
-its input is caught by the checksum at the next hit, and the entry fetched again), `copy` never links.
+another uid that is not root (the queue's identity `uid` or `glexec`, or a pilot that is not root).
+`link: auto` (the default) links unless the payload may run as root (a root pilot with identity `none`),
+which gets a copy. `hardlink` always links: a payload of the pilot's own uid that chmods and writes its
+input is caught by the checksum at the next hit and the entry fetched again, but jobs holding a link to
+it meanwhile see the change. `copy` never links.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from typing import Any, Callable, Optional
 
 from pilot import cachereport
 from pilot.fsutil import open_untrusted
-from sitemovers.base import Expected, Failure, TransferError
+from sitemovers.base import Expected, Failure, Outcome, TransferError, TransferResult
 from sitemovers.checksum import CHUNK, Checksum, Hasher
 
 log = logging.getLogger(__name__)
@@ -219,7 +221,7 @@ class Index:
 
 class Pcache:
     def __init__(self, settings: PcacheSettings, cancel: Optional[threading.Event] = None,
-                 payload_uid: Optional[int] = None, clock: Callable[[], float] = time.time) -> None:
+                 payload_as_root: Optional[bool] = None, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.cancel = cancel
         self.clock = clock
@@ -227,8 +229,8 @@ class Pcache:
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         (self.root / "data").mkdir(mode=0o700, exist_ok=True)
         self.index = Index(self.root / "index.sqlite")
-        uid = os.geteuid() if payload_uid is None else payload_uid
-        self.link_files = settings.link == "hardlink" or (settings.link == "auto" and uid != 0)
+        as_root = os.geteuid() == 0 if payload_as_root is None else payload_as_root
+        self.link_files = settings.link == "hardlink" or (settings.link == "auto" and not as_root)
 
     def close(self) -> None:
         self.index.close()
@@ -509,3 +511,39 @@ def _remove(path: Path) -> None:
         _unlink(path)
     except IsADirectoryError:
         shutil.rmtree(path, ignore_errors=True)
+
+
+class CacheHook:
+    """The cache in the staging loop (pilot/staging.py hooks): looked up before each get, filled after the
+    get's final rename. A miss holds its entry's lock from `before_get` to `after_get`, so pilots asking for
+    the same file meanwhile wait and then hit; `release()` (when the stage-in ends, whatever happened) lets
+    go of the entries whose get failed."""
+
+    def __init__(self, cache: Pcache) -> None:
+        self.cache = cache
+        self._held: dict[str, tuple[CacheKey, EntryLock]] = {}
+        self._lock = threading.Lock()
+
+    def before_get(self, item: Any) -> Optional[TransferResult]:
+        if not item.source or not self.cache.cacheable(item.source):
+            return None
+        key = CacheKey(item.spec.scope, item.spec.lfn)
+        staged, lock = self.cache.lookup(key, item.expected, Path(item.dest))
+        if lock is not None:
+            with self._lock:
+                self._held[item.dest] = (key, lock)
+        if staged is None:
+            return None
+        return TransferResult(str(staged.path), staged.fsize, staged.checksum, Outcome.FROM_CACHE)
+
+    def after_get(self, item: Any, path: Path) -> None:
+        with self._lock:
+            held = self._held.pop(item.dest, None)
+        if held is not None:
+            self.cache.fill(held[0], item.expected, held[1], Path(path))
+
+    def release(self) -> None:
+        with self._lock:
+            held, self._held = list(self._held.values()), {}
+        for key, lock in held:
+            self.cache.abandon(key, lock)

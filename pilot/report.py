@@ -238,6 +238,8 @@ class JobFacts:
     started: float
     bytes_in: int = 0
     bytes_out: int = 0
+    files_from_cache: int = 0  # inputs served by the node cache (pilot/pcache.py)
+    bytes_from_cache: int = 0
     cores: int = 0  # the cores the payload was given (0: the job's coreCount)
     cpu_model: str = ""  # the node's CPU, sent with the CPU time's unit
     cpu_seconds: Optional[float] = None  # None: the payload's figures are not known (never ran, or recovered)
@@ -298,7 +300,9 @@ def _all_fields(facts: JobFacts) -> dict[str, Any]:
             fields["n_events"] = events
     fields["job_metrics"] = job_metrics(coreCount=facts.cores or job.core_count, nInputFiles=len(job.inputs),
                                         bytesIn=facts.bytes_in, bytesOut=facts.bytes_out,
-                                        journalUnsaved=facts.journal_unsaved or None)
+                                        journalUnsaved=facts.journal_unsaved or None,
+                                        filesFromCache=facts.files_from_cache or None,
+                                        bytesFromCache=facts.bytes_from_cache or None)
     return {k: v for k, v in fields.items() if v is not None}
 
 

@@ -24,6 +24,7 @@ with the final local path after a copy. A hook's exception is logged and ignored
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -79,6 +80,7 @@ CODES: dict[Direction, dict[Failure, ErrorCode]] = {
         Failure.AUTH: ErrorCode.STAGEOUT_AUTH,
         Failure.EXISTS: ErrorCode.FILE_EXISTS,
         Failure.SETUP: ErrorCode.SETUP_FAILURE,
+        Failure.CATALOG: ErrorCode.CATALOG_REGISTRATION,
     },
 }
 CHECKSUM_CODES = {
@@ -145,9 +147,8 @@ class Stager:
         setup = (queue.copysetupin or queue.copysetup) if direction is Direction.IN else queue.copysetup
         settings = MoverSettings(setup=setup, prefix_rewrites=queue.rewrites(direction.value),
                                  space_token=queue.setokens,
-                                 options={"link_inputs": queue.link_inputs, "rucio_register": queue.rucio_register,
-                                          "rucio_python": queue.rucio_python, "gfal2_path": queue.gfal2_path,
-                                          **queue.extra})
+                                 options={**{f.name: getattr(queue, f.name) for f in dataclasses.fields(queue)
+                                             if f.name != "extra"}, **queue.extra})
         movers = []
         for name in queue.movers(direction.value) or ["local"]:
             try:

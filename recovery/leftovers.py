@@ -16,9 +16,12 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from pathlib import Path
 from typing import Any, Optional
 
 import psutil
+
+from pilot.proctrack import end_cgroup
 
 log = logging.getLogger(__name__)
 
@@ -91,15 +94,6 @@ def end_payload(identity: dict[str, Any], timeout: float = 10.0) -> list[int]:
 
 
 def _end_cgroup(path: str) -> None:
-    """The payload's cgroup ends as a whole, through pilot/proctrack.py where the pilot has it."""
-    try:
-        from pilot import proctrack  # type: ignore[attr-defined]
-    except ImportError:
-        return
-    kill = getattr(proctrack, "kill_cgroup", None)
-    if kill is None:
-        return
-    try:
-        kill(path)
-    except Exception:  # a cgroup that cannot be ended: the processes are still ended one by one
-        log.exception("cgroup %s of a dead pilot's payload not ended", path)
+    """The payload's cgroup ends as a whole (cgroup.kill), then goes; a cgroup that cannot be ended is
+    logged by proctrack, and its processes are still ended one by one."""
+    end_cgroup(Path(path))

@@ -64,6 +64,7 @@ class Failure(str, enum.Enum):
     EXISTS = "exists"  # the destination holds a different file: never overwritten
     SETUP = "setup"  # the mover's setup script failed
     UNSUPPORTED = "unsupported"  # this mover cannot handle the URL or option
+    CATALOG = "catalog"  # the file is stored but its catalogue registration failed
     FAILED = "failed"  # anything else
 
     @property

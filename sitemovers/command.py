@@ -57,7 +57,7 @@ def classify_default(returncode: int, stderr: str) -> Failure:
     text = stderr.lower()
     if "no such file" in text or "not found" in text and returncode != 127:
         return Failure.NOT_FOUND
-    if "permission denied" in text or "operation not permitted" in text:
+    if "permission denied" in text or "operation not permitted" in text or "read-only file system" in text:
         return Failure.AUTH
     if "no space left" in text or "quota exceeded" in text:
         return Failure.NO_SPACE

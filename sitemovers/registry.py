@@ -19,6 +19,8 @@ BUILTIN = {
     "rucio": "sitemovers.rucio:RucioSiteMover",
     "dq2": "sitemovers.rucio:RucioSiteMover",  # the lineage's name of the family Rucio succeeded
     "lsm": "sitemovers.local:LsmSiteMover",
+    "castor": "sitemovers.castor:CastorSiteMover",
+    "rfcp": "sitemovers.castor:RfcpLfcSiteMover",
 }
 
 

@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +29,12 @@ from tests.e2e.conftest import Site, pids_alive, stop_pilot, wait_for
 
 ROOT = os.geteuid() == 0
 STANDIN = Path(__file__).resolve().parents[1] / "standins" / "glexec"
-USERS = ("pptenant1", "pptenant2")
-DN = {"pptenant1": "/DC=org/DC=pandapilot-test/CN=Tenant One", "pptenant2": "/DC=org/DC=pandapilot-test/CN=Tenant Two"}
+# Test accounts, named after this test session (several may run on one machine at once).
+ONE, TWO = f"pt{os.getpid()}a", f"pt{os.getpid()}b"
+USERS = (ONE, TWO)
+DN = {ONE: "/DC=org/DC=pandapilot-test/CN=Tenant One", TWO: "/DC=org/DC=pandapilot-test/CN=Tenant Two"}
 UNMAPPED_DN = "/DC=org/DC=elsewhere/CN=Nobody Known"
-MODES = ["none", "uid", "glexec", "bwrap"]
+MODES = ["none", "uid", "glexec", "bwrap", "sandbox"]  # bwrap: uid in a sandbox; sandbox: same uid in one
 SWITCHED = ["uid", "glexec", "bwrap"]
 SECRETS = {"PANDA_AUTH_TOKEN": "pilot-token-s3cret", "OIDC_AUTH_TOKEN": "pilot-oidc-s3cret"}
 
@@ -39,7 +42,7 @@ SECRETS = {"PANDA_AUTH_TOKEN": "pilot-token-s3cret", "OIDC_AUTH_TOKEN": "pilot-o
 def _needs(mode: str) -> None:
     if mode != "none" and not ROOT:
         pytest.skip("switched modes need root (test accounts, setpriv)")
-    if mode == "bwrap" and shutil.which("bwrap") is None:
+    if mode in ("bwrap", "sandbox") and shutil.which("bwrap") is None:
         pytest.skip("bubblewrap is not installed (.ci/provision-tenant.sh installs it)")
 
 
@@ -51,12 +54,22 @@ def accounts() -> Iterator[dict[str, pwd.struct_passwd]]:
         return
     for name in USERS:
         subprocess.run(["userdel", name], capture_output=True)  # a leftover of an interrupted run
-        subprocess.run(["useradd", "--no-create-home", "--home-dir", f"/home/{name}", "--shell", "/bin/bash",
-                        "--user-group", name], check=True, capture_output=True)
+        _account_tool(["useradd", "--no-create-home", "--home-dir", f"/home/{name}", "--shell", "/bin/bash",
+                       "--user-group", name])
     yield {name: pwd.getpwnam(name) for name in USERS}
     for name in USERS:
-        subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)  # only the test accounts
-        subprocess.run(["userdel", name], capture_output=True)
+        subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)  # only this session's accounts
+        _account_tool(["userdel", name])
+
+
+def _account_tool(argv: list[str]) -> None:
+    """useradd / userdel, waiting for /etc/passwd's lock while another session holds it."""
+    for _ in range(60):
+        done = subprocess.run(argv, capture_output=True, text=True)
+        if done.returncode == 0 or "lock" not in done.stderr:
+            break
+        time.sleep(0.5)
+    assert done.returncode == 0, f"{argv}: {done.stderr}"
 
 
 def make_proxy(dn: str, expired: bool = False) -> str:
@@ -84,7 +97,7 @@ def make_proxy(dn: str, expired: bool = False) -> str:
 @pytest.fixture(scope="session")
 def proxies() -> dict[str, str]:
     return {**{user: make_proxy(dn) for user, dn in DN.items()}, "unmapped": make_proxy(UNMAPPED_DN),
-            "expired": make_proxy(DN["pptenant1"], expired=True)}
+            "expired": make_proxy(DN[ONE], expired=True)}
 
 
 # --- one site per mode ------------------------------------------------------------------------------
@@ -98,9 +111,14 @@ class TenantSite:
 
     @property
     def switched(self) -> bool:
+        return self.mode not in ("none", "sandbox")
+
+    @property
+    def isolated(self) -> bool:
+        """The pilot's files are out of the payload's reach (another account, or hidden by a sandbox)."""
         return self.mode != "none"
 
-    def job(self, panda_id: int, script: str, outputs: tuple[str, ...] = (), user: str = "pptenant1",
+    def job(self, panda_id: int, script: str, outputs: tuple[str, ...] = (), user: str = ONE,
             **extra: Any) -> None:
         if self.switched:
             extra.setdefault("userProxy", self.proxies[user])
@@ -140,7 +158,7 @@ def make_site(mode: str, root: Path, proxies: dict[str, str]) -> TenantSite:
     mapfile.write_text("".join(f'"{dn}" {user}\n' for user, dn in DN.items()))
     if mode in ("uid", "bwrap"):
         settings.update(identity="uid", grid_mapfile=str(mapfile))
-    if mode == "bwrap":
+    if mode in ("bwrap", "sandbox"):
         settings["sandbox"] = "bubblewrap"
     if mode == "glexec":
         (root / "glexec" / "sbin").mkdir(parents=True)
@@ -161,8 +179,9 @@ def open_root() -> Iterator[Path]:
 
 # The probe payloads: each prints the PIDs it starts on its stdout (the final report's `stdout`).
 PROBE = """id -u > uid-{id}.txt
-if cat {proxy} >/dev/null 2>&1; then echo readable; else echo denied; fi > proxy-{id}.txt
-if echo tampered >> ../journal.json 2>/dev/null; then echo writable; else echo denied; fi > journal-{id}.txt
+if grep -q SECRET {proxy} 2>/dev/null; then echo readable; else echo denied; fi > proxy-{id}.txt
+J=../journal.json
+if [ -w $J ] && echo tampered >> $J; then echo writable; else echo denied; fi > journal-{id}.txt
 env > env-{id}.txt
 """
 SYMLINK_OUTPUT = "ln -s {proxy} out-{id}.dat"
@@ -192,8 +211,10 @@ def run(request, accounts, proxies, tmp_path_factory) -> Iterator[Run]:
     mode = request.param
     _needs(mode)
     root = Path(tempfile.mkdtemp(prefix=f"pandapilot-tenant-{mode}-"))
+    releases = release_tree()
     try:
         t = make_site(mode, root, proxies)
+        t.site.queue_settings["appdir"] = str(releases)
         victim = root / "victim"
         victim.write_text("untouched\n")
         fmt = {"proxy": t.pilot_proxy, "victim": victim}
@@ -204,13 +225,27 @@ def run(request, accounts, proxies, tmp_path_factory) -> Iterator[Run]:
         t.job(5, LOOPING, maxCpuCount=1)
         t.job(6, MEMORY, minRamCount=60)
         if t.switched:
-            t.job(7, "id -u > uid-7.txt", ("uid-7.txt",), user="pptenant2")
+            t.job(7, "id -u > uid-7.txt", ("uid-7.txt",), user=TWO)
             t.job(8, "echo ran > ran-8.txt", ("ran-8.txt",), user="unmapped")
             t.job(9, "echo ran > ran-9.txt", ("ran-9.txt",), user="expired")
+        t.job(10, 'echo "$RELEASE_MARK $(id -u)" > release-10.txt', ("release-10.txt",), swRelease="21.0.15",
+              cmtConfig="x86_64-el9-gcc13-opt")
         result = t.run()
         yield Run(t, result, victim)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(releases, ignore_errors=True)
+
+
+def release_tree() -> Path:
+    """A release the payload's account can read, outside /tmp (which a sandbox replaces): its setup
+    exports a mark the payload reports (pilot/release.py runs it through the launcher)."""
+    root = Path(tempfile.mkdtemp(prefix="pandapilot-releases-", dir="/var/tmp"))
+    os.chmod(root, 0o755)
+    release = root / "x86_64-el9-gcc13-opt" / "21.0.15"
+    release.mkdir(parents=True)
+    (release / "setup.sh").write_text("export RELEASE_MARK=in-release-$1\n")
+    return root
 
 
 def _pids(stdout: str) -> list[int]:
@@ -224,6 +259,19 @@ def _account_processes(name: str) -> list[tuple[int, str]]:
             if p.info["uids"] and p.info["uids"].real == uid and p.info["status"] != psutil.STATUS_ZOMBIE]
 
 
+def _job_processes(root: Path) -> list[tuple[int, str]]:
+    """Live processes of any payload of the site at `root` (their environment names its work dir)."""
+    found = []
+    for p in psutil.process_iter(["status", "name"]):
+        try:
+            if p.info["status"] != psutil.STATUS_ZOMBIE and \
+                    p.environ().get("PILOT_JOB_REPORT", "").startswith(f"{root}/"):
+                found.append((p.pid, p.info["name"]))
+        except psutil.Error:
+            pass
+    return found
+
+
 # --- the probes ------------------------------------------------------------------------------------
 def test_pilot_runs_all_probe_jobs(run: Run) -> None:
     assert run.result.returncode == ExitCode.OK, run.result.stdout + run.result.stderr
@@ -231,20 +279,28 @@ def test_pilot_runs_all_probe_jobs(run: Run) -> None:
 
 def test_payload_runs_as_the_mapped_account(run: Run, accounts) -> None:
     assert run.t.final(1)["job_status"] == "finished", run.t.final(1)
-    expected = accounts["pptenant1"].pw_uid if run.t.switched else os.geteuid()
+    expected = accounts[ONE].pw_uid if run.t.switched else os.geteuid()
     assert int(run.t.output("uid-1.txt")) == expected
+
+
+def test_a_release_job_runs_in_its_release_through_the_launcher(run: Run, accounts) -> None:
+    """The release wrapper is the command each launcher wraps: its setup runs as the payload's account."""
+    assert run.t.final(10)["job_status"] == "finished", run.t.final(10)
+    mark, uid = run.t.output("release-10.txt").split()
+    assert mark == "in-release-21.0.15"
+    assert int(uid) == (accounts[ONE].pw_uid if run.t.switched else os.geteuid())
 
 
 def test_two_jobs_of_two_users_run_each_under_its_own_account(run: Run, accounts) -> None:
     if not run.t.switched:
         pytest.skip("same-uid mode has one account")
-    assert int(run.t.output("uid-1.txt")) == accounts["pptenant1"].pw_uid
-    assert int(run.t.output("uid-7.txt")) == accounts["pptenant2"].pw_uid
+    assert int(run.t.output("uid-1.txt")) == accounts[ONE].pw_uid
+    assert int(run.t.output("uid-7.txt")) == accounts[TWO].pw_uid
 
 
 def test_pilot_proxy_unreadable_and_journal_unwritable(run: Run) -> None:
-    if not run.t.switched:
-        pytest.skip("same-uid mode: the payload is the pilot's account (only the sandbox can hide files)")
+    if not run.t.isolated:
+        pytest.skip("same-uid mode without a sandbox: the payload is the pilot's account")
     assert run.t.output("proxy-1.txt").strip() == "denied"
     assert run.t.output("journal-1.txt").strip() == "denied"
 
@@ -256,7 +312,7 @@ def test_no_pilot_secret_in_the_payload_environment(run: Run) -> None:
     assert "BEARER_TOKEN_FILE" not in env and "LD_PRELOAD" not in env
     assert env.get("X509_USER_PROXY", "") != str(run.t.pilot_proxy)
     if run.t.switched:
-        assert env["USER"] == env["LOGNAME"] == "pptenant1" and env["HOME"] == "/home/pptenant1"
+        assert env["USER"] == env["LOGNAME"] == ONE and env["HOME"] == f"/home/{ONE}"
         assert env["X509_USER_PROXY"].endswith("/cred/x509up"), "the user's own proxy, in its own dir"
 
 
@@ -269,7 +325,7 @@ def test_symlinked_output_fails_and_is_not_shipped(run: Run) -> None:
 def test_hard_linked_output_is_not_shipped_with_the_pilot_proxy(run: Run) -> None:
     final = run.t.final(3)
     shipped = run.t.site.se / "out" / "scope" / "out-3.dat"
-    if run.t.switched:  # the kernel refuses a hard link to a file the account cannot read
+    if run.t.isolated:  # no hard link to a file the account cannot read, nor to one the sandbox hides
         assert final["job_status"] == "finished" and shipped.read_text() == "no hard link to it\n"
     else:
         assert final["pilot_error_code"] == ErrorCode.MISSING_OUTPUT and "hard link" in final["pilot_error_diag"]
@@ -318,6 +374,7 @@ def test_expired_user_proxy_fails_the_job_and_runs_nothing(run: Run) -> None:
 
 def test_nothing_of_the_payload_is_left_after_cleanup(run: Run) -> None:
     assert not list(run.t.site.work.glob("PanDA_Pilot-*")), "work dirs (and proxy copies) are removed"
+    assert not _job_processes(run.t.site.root), "payload processes outlived their jobs"
     if run.t.switched:
         for name in USERS:
             assert not _account_processes(name), f"processes of {name} outlived their jobs"
@@ -344,9 +401,8 @@ def test_sigterm_to_the_pilot_ends_all_payload_processes(mode, accounts, proxies
     finally:
         stop_pilot(pilot)
     assert t.final(30)["pilot_error_code"] == ErrorCode.SIGTERM
-    if mode == "bwrap":  # its PIDs are in the sandbox's namespace: look at the account instead
-        assert not _account_processes("pptenant1")
-    else:
+    assert not _job_processes(t.site.root)
+    if mode not in ("bwrap", "sandbox"):  # in a sandbox, the PIDs are those of its own namespace
         assert not pids_alive(pids)
-        if t.switched:
-            assert not _account_processes("pptenant1")
+    if t.switched:
+        assert not _account_processes(ONE)

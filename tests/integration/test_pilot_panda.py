@@ -195,3 +195,23 @@ def test_a_signal_cuts_the_retries_short(panda_server: PandaServer, tmp_path: Pa
             assert proc.wait(timeout=30) == 128 + signal.SIGTERM, log.read_text()[-3000:]
     finally:
         panda_server.start()
+
+
+def test_the_server_serves_jobs_to_a_pilot_with_the_node_cache_on(panda_server: PandaServer, tmp_path: Path) -> None:
+    """The cache report is not sent to a real server (it refuses unknown fields); the cache still works."""
+    from pilot.pcache import Pcache, PcacheSettings
+
+    site = PilotSite(tmp_path, panda_server)
+    site.queue.write_text(site.queue.read_text() + f"pcache: {tmp_path / 'pcache'}\n")
+    data = os.urandom(20_000)
+    spec = site.put_input(data)
+    jobs = [panda_server.insert_job(inputs=[spec], outputs=[], job_pars=f"-c 'cmp {spec['lfn']} {spec['lfn']}'")
+            for _ in range(2)]
+    result = site.run()
+    assert result.returncode == ExitCode.OK, result.stderr[-3000:]
+    panda_server.run_adder()
+    assert [panda_server.job_state(panda_id)["jobstatus"] for panda_id in jobs] == ["finished", "finished"]
+    cache = Pcache(PcacheSettings(root=tmp_path / "pcache"))
+    counters = cache.counters()
+    assert (counters["misses"], counters["hits"]) == (1, 1)
+    assert cache.scan() == [(SCOPE, spec["lfn"], len(data))]

@@ -28,6 +28,7 @@ from typing import Optional
 import pytest
 
 from sitemovers.base import MoverSettings, SiteMover
+from sitemovers.castor import CastorSiteMover, RfcpLfcSiteMover
 from sitemovers.local import LocalSiteMover, LsmSiteMover
 
 TOOLS = Path(__file__).resolve().parents[2] / "sitemovers" / "tools"
@@ -140,9 +141,39 @@ def family_lsm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Family:
     return family
 
 
+CASTOR_BASE = "/castor/cern.ch/grid/atlas/test"
+
+
+def family_castor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mover: type[SiteMover] = CastorSiteMover,
+                  name: str = "castor") -> Family:
+    """The stand-in CASTOR (tests/standins): files placed are on tape and staged in the default class."""
+    monkeypatch.setenv("PATH", f"{STANDINS}:{os.environ.get('PATH', '')}")
+    castor = tmp_path / "castor"
+    monkeypatch.setenv("CASTOR_STANDIN_ROOT", str(castor))
+    monkeypatch.setenv("LFC_STANDIN_ROOT", str(tmp_path / "lfc"))
+    (tmp_path / "lfc").mkdir()
+    ns = castor / "ns" / CASTOR_BASE.lstrip("/")
+    family = directory_family(name, ns, mover, lambda rel: f"{CASTOR_BASE}/{rel}")
+    plain_place = family.place
+
+    def place(rel: str, data: bytes) -> None:
+        plain_place(rel, data)
+        staged = castor / "pool" / "default" / CASTOR_BASE.lstrip("/") / rel
+        staged.parent.mkdir(parents=True, exist_ok=True)
+        staged.write_bytes(data)
+
+    family.place = place
+    family.hang_settings = hanging_tool_settings(tmp_path, "rfcp")
+    family.failing_setup = failing_setup_settings(tmp_path)
+    return family
+
+
 FAMILIES = {
     "local": lambda request, tmp_path: family_local(tmp_path),
     "lsm": lambda request, tmp_path: family_lsm(tmp_path, request.getfixturevalue("monkeypatch")),
+    "castor": lambda request, tmp_path: family_castor(tmp_path, request.getfixturevalue("monkeypatch")),
+    "rfcp": lambda request, tmp_path: family_castor(tmp_path, request.getfixturevalue("monkeypatch"),
+                                                    RfcpLfcSiteMover, "rfcp"),
 }
 
 
@@ -158,3 +189,18 @@ FAMILIES.update(_storage_families())
 @pytest.fixture(params=sorted(FAMILIES))
 def family(request, tmp_path) -> Family:
     return FAMILIES[request.param](request, tmp_path)
+
+
+@pytest.fixture
+def work(tmp_path) -> Path:
+    """An empty job work directory."""
+    path = tmp_path / "work"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def job_dict():
+    from tests.unit.conftest import _job_dict
+
+    return _job_dict

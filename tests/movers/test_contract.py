@@ -25,6 +25,7 @@ from sitemovers.registry import Registry
 
 DATA = b"event data " * 3000
 HOSTILE = "a b;$(touch pwned)'\"%20#?&*.root"
+GUID = "5d3c0c1e-0b5a-4e1f-9d59-6a3e2f1c0b7a"
 
 
 def adler(data: bytes) -> Checksum:
@@ -127,7 +128,7 @@ def output(local_dir: Path, name: str = "out.root", data: bytes = DATA) -> Path:
 
 def test_put(family, local_dir):
     url = family.url("out/mc16/out.root")
-    result = family.mover().put(output(local_dir), url, Expected(len(DATA)))
+    result = family.mover().put(output(local_dir), url, Expected(len(DATA), guid=GUID))
     assert family.read("out/mc16/out.root") == DATA
     assert (result.location, result.fsize, result.checksum) == (url, len(DATA), adler(DATA))
     assert family.listing("out/mc16") == ["out.root"]  # no temporary name left
@@ -135,21 +136,21 @@ def test_put(family, local_dir):
 
 def test_put_size_mismatch(family, local_dir):
     err = failure_of(lambda: family.mover().put(output(local_dir), family.url("out/out.root"),
-                                                Expected(len(DATA) + 1)))
+                                                Expected(len(DATA) + 1, guid=GUID)))
     assert err.failure is Failure.SIZE_MISMATCH
     assert family.listing("out") == []
 
 
 def test_put_checksum_mismatch(family, local_dir):
     err = failure_of(lambda: family.mover().put(output(local_dir), family.url("out/out.root"),
-                                                Expected(len(DATA), adler(b"something else"))))
+                                                Expected(len(DATA), adler(b"something else"), guid=GUID)))
     assert err.failure is Failure.CHECKSUM_MISMATCH
     assert family.listing("out") == []
 
 
 def test_put_hostile_name(family, local_dir):
     skip_unless(family, "hostile", None if "hostile" in family.skip_reasons else True)
-    family.mover().put(output(local_dir, HOSTILE), family.url(f"out/{HOSTILE}"), Expected(len(DATA)))
+    family.mover().put(output(local_dir, HOSTILE), family.url(f"out/{HOSTILE}"), Expected(len(DATA), guid=GUID))
     assert family.read(f"out/{HOSTILE}") == DATA
     assert family.listing("out") == [HOSTILE] and not Path("pwned").exists()
 
@@ -158,7 +159,7 @@ def test_put_cancelled(family, local_dir):
     cancel = threading.Event()
     cancel.set()
     err = failure_of(lambda: family.mover().put(output(local_dir), family.url("out/out.root"),
-                                                Expected(len(DATA)), cancel))
+                                                Expected(len(DATA), guid=GUID), cancel))
     assert err.failure is Failure.CANCELLED
     assert family.listing("out") == []
 
@@ -167,7 +168,7 @@ def test_put_timeout_kills_the_tool(family, local_dir):
     skip_unless(family, "timeout", family.hang_settings)
     settings = MoverSettings(**{**vars(family.hang_settings), "timeout": 1.0})
     err = failure_of(lambda: family.mover(settings).put(output(local_dir), family.url("out/out.root"),
-                                                        Expected(len(DATA))))
+                                                        Expected(len(DATA), guid=GUID)))
     assert err.failure is Failure.TIMEOUT
     assert family.listing("out") == []
 
@@ -175,7 +176,7 @@ def test_put_timeout_kills_the_tool(family, local_dir):
 def test_put_never_overwrites_a_different_file(family, local_dir):
     family.place("out/out.root", b"the input of another job")
     err = failure_of(lambda: family.mover().put(output(local_dir), family.url("out/out.root"),
-                                                Expected(len(DATA))))
+                                                Expected(len(DATA), guid=GUID)))
     assert err.failure is Failure.EXISTS
     assert family.read("out/out.root") == b"the input of another job"
     assert family.listing("out") == ["out.root"]
@@ -200,7 +201,7 @@ def test_put_permission_denied(family, local_dir):
     family.place("out/keep", b"")
     with family.readonly():
         err = failure_of(lambda: family.mover().put(output(local_dir), family.url("out/out.root"),
-                                                    Expected(len(DATA))))
+                                                    Expected(len(DATA), guid=GUID)))
     assert err.failure is Failure.AUTH
     assert family.listing("out") == ["keep"]
 
@@ -210,6 +211,6 @@ def test_put_storage_out_of_space(family, local_dir):
     big = os.urandom(2 << 20)
     with family.full():
         err = failure_of(lambda: family.mover().put(output(local_dir, data=big), family.url("out/out.root"),
-                                                    Expected(len(big))))
+                                                    Expected(len(big), guid=GUID)))
         assert err.failure is Failure.NO_SPACE
         assert family.listing("out") == []

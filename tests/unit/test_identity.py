@@ -147,3 +147,15 @@ def test_only_production_jobs_get_the_pilot_credentials_the_queue_names(tmp_path
     assert env["X509_USER_PROXY"] == "/tmp/x509up_u0" and "BEARER_TOKEN_FILE" not in env
     env = payload_env(analysis, tmp_path, base, ("X509_USER_PROXY",))
     assert not {"X509_USER_PROXY", "BEARER_TOKEN_FILE", "PANDA_AUTH_TOKEN", "LD_PRELOAD"} & set(env)
+
+
+def test_a_dn_mapped_to_the_pilots_own_account_never_runs_as_the_pilot(tmp_path):
+    (tmp_path / "map").write_text(f'"/DC=org/CN=Me" {ME}\n')
+    job = parse_job({"PandaID": "1", "transformation": "/bin/true", "outFiles": "1.log.tgz", "logFile": "1.log.tgz",
+                     "prodUserID": "/DC=org/CN=Me"})
+    dirs = JobDir(tmp_path / "job")
+    dirs.root.mkdir()
+    with pytest.raises(PilotError) as info:
+        UidSwitch(QueueConfig(grid_mapfile=str(tmp_path / "map"))).prepare(job, dirs, ["true"], {"PATH": "/bin"})
+    assert info.value.code == ErrorCode.GLEXEC and "pilot's account" in info.value.diag
+    assert not dirs.wrapper.exists()

@@ -580,3 +580,18 @@ def test_cache_report_is_sent_only_under_a_configured_field(mock, fake, api, url
     make(fake, api=api, cache_report_field="cachedFiles").get_job(request(cached_files=report))
     body = sent_json(mock) if api == "v1" else sent_form(mock)
     assert json.loads(body["cachedFiles"]) == report
+
+
+def test_payload_figures_by_dialect(mock, fake):
+    """meanCoreCount and maxSWAP go by each dialect's name; v1 wants meanCoreCount as a JSON integer."""
+    update = JobUpdate(job_id=7, job_status="finished", attempt_nr=1, core_count=8, mean_core_count=6,
+                       max_swap=512, cpu_consumption_unit="s+Test CPU @ 2.40GHz")
+    mock.post(V1_UPDATE, json=v1_ok({"StatusCode": 0, "command": "NULL"}))
+    make(fake).update_job(update)
+    body = sent_json(mock)
+    assert (body["mean_core_count"], body["core_count"], body["max_swap"]) == (6, 8, 512)
+    mock.post(LEG_UPDATE, json={"StatusCode": 0, "command": "NULL"})
+    make(fake, api="legacy").update_job(update)
+    form = sent_form(mock)
+    assert (form["meanCoreCount"], form["coreCount"], form["maxSWAP"]) == ("6", "8", "512")
+    assert form["cpuConsumptionUnit"] == "s+Test CPU @ 2.40GHz"

@@ -195,7 +195,7 @@ def test_hostile_names_never_escape_the_cache(tmp_path, storage):
 
 
 def test_payload_as_root_gets_a_copy_and_cannot_change_the_cache(tmp_path, storage):
-    cache = Pcache(PcacheSettings(root=tmp_path / "pcache", link="auto"), payload_uid=0)
+    cache = Pcache(PcacheSettings(root=tmp_path / "pcache", link="auto"), payload_as_root=True)
     key, expected = storage.add("s", "in.root", b"pristine" * 100)
     staged = stage(cache, storage, key, expected, tmp_path / "job" / "in.root")
     assert not staged.linked
@@ -211,7 +211,7 @@ def test_payload_under_another_uid_gets_a_read_only_link(storage):
     base = Path(tempfile.mkdtemp(prefix="pcache-uid-"))
     try:
         os.chmod(base, 0o755)
-        cache = Pcache(PcacheSettings(root=base / "pcache", link="auto"), payload_uid=65534)
+        cache = Pcache(PcacheSettings(root=base / "pcache", link="auto"), payload_as_root=False)
         storage.root = base / "storage"
         key, expected = storage.add("s", "in.root", b"pristine" * 100)
         (base / "job").mkdir(mode=0o777)
@@ -326,3 +326,64 @@ def test_digest_of_a_large_cache_is_small_and_mostly_right():
     assert false < 2000 * 0.15
     assert not cachereport.CachedFiles.parse({"v": 1, "bloom": {"bits": 10**9, "hashes": 3, "data": "AA=="}})
     assert not cachereport.CachedFiles.parse("junk") and not cachereport.CachedFiles.parse({"v": 2, "files": []})
+
+
+def free(cache: Pcache, key: CacheKey) -> bool:
+    """Whether nobody holds the entry (taken exclusively and let go at once)."""
+    lock = EntryLock(cache._paths(key)[2])
+    taken = lock.acquire(exclusive=True)
+    lock.release()
+    return taken
+
+
+def hook_item(storage: Storage, key: CacheKey, expected: Expected, dest: Path):
+    from types import SimpleNamespace
+
+    spec = SimpleNamespace(scope=key.scope, lfn=key.lfn)
+    return SimpleNamespace(spec=spec, source=f"file://{storage.root}/{key.scope}/{key.lfn}", dest=str(dest),
+                           expected=expected)
+
+
+def test_hook_looks_up_before_the_get_and_fills_after_it(tmp_path, storage):
+    from pilot.pcache import CacheHook
+    from sitemovers.base import Outcome
+
+    cache = make_cache(tmp_path)
+    key, expected = storage.add("s", "h.root", b"hooked" * 100)
+    (tmp_path / "j1").mkdir()
+    hook = CacheHook(cache)
+    item = hook_item(storage, key, expected, tmp_path / "j1" / "h.root")
+    assert hook.before_get(item) is None  # a miss: the entry is now held for this get
+    assert not EntryLock(cache._paths(key)[2]).acquire(exclusive=False)  # others wait for it
+    storage.fetcher(key, expected)(Path(item.dest))  # the mover's get
+    hook.after_get(item, Path(item.dest))
+    assert free(cache, key)
+    (tmp_path / "j2").mkdir()
+    hit = hook.before_get(hook_item(storage, key, expected, tmp_path / "j2" / "h.root"))
+    assert hit.outcome is Outcome.FROM_CACHE and hit.fsize == 600 and hit.checksum == expected.checksum
+    assert Path(hit.location).read_bytes() == b"hooked" * 100
+
+
+def test_hook_lets_go_of_entries_whose_get_failed(tmp_path, storage):
+    from pilot.pcache import CacheHook
+
+    cache = make_cache(tmp_path)
+    key, expected = storage.add("s", "fails.root", b"x" * 100)
+    (tmp_path / "j").mkdir()
+    hook = CacheHook(cache)
+    assert hook.before_get(hook_item(storage, key, expected, tmp_path / "j" / "fails.root")) is None
+    hook.release()  # the stage-in ended without an after_get for it
+    assert free(cache, key)
+    assert cache.scan() == [] and cache.used_bytes() == 0
+
+
+def test_hook_leaves_rejected_sources_alone(tmp_path, storage):
+    from pilot.pcache import CacheHook
+
+    cache = make_cache(tmp_path, reject=("*.lib.tgz",))
+    key, expected = storage.add("s", "user.lib.tgz", b"lib")
+    hook = CacheHook(cache)
+    item = hook_item(storage, key, expected, tmp_path / "user.lib.tgz")
+    assert hook.before_get(item) is None
+    hook.after_get(item, Path(item.dest))
+    assert cache.scan() == [] and cache.counters()["misses"] == 0
