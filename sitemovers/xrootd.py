@@ -22,7 +22,9 @@ from sitemovers.command import Completed, classify_default, run, timeout_for
 META_TIMEOUT = 120.0  # s for stat, checksum query, rename, remove (the client may stall ~5 s on exit)
 # XRootD's client retries a lost server 5 times over up to 10 minutes by default; the pilot retries whole
 # transfers itself (stagein_retries/stageout_retries), so its movers fail fast unless the site says otherwise.
-CLIENT_DEFAULTS = {"XRD_CONNECTIONRETRY": "1", "XRD_CONNECTIONWINDOW": "30"}
+# In-process (gfal2), the client's fork handlers would run in every process the pilot forks afterwards and
+# can leave the child stuck before its exec: they are off (the pilot's children never use the client).
+CLIENT_DEFAULTS = {"XRD_CONNECTIONRETRY": "1", "XRD_CONNECTIONWINDOW": "30", "XRD_RUNFORKHANDLER": "0"}
 
 
 def client_env() -> dict[str, str]:
