@@ -44,15 +44,17 @@ from sitemovers.local import LocalSiteMover  # noqa: E402
 from sitemovers.registry import Registry  # noqa: E402
 
 
-def median_seconds(action, repeat: int, before=None) -> float:
-    times = []
+def medians(variants: dict, repeat: int, before) -> dict[str, float]:
+    """Each variant timed `repeat` times, the variants interleaved round by round (a loaded machine
+    then slows them alike); the median of each."""
+    times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(repeat):
-        if before is not None:
+        for name, action in variants.items():
             before()
-        start = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+            start = time.perf_counter()
+            action()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def zlib_pass(path: Path) -> str:
@@ -91,18 +93,20 @@ def bench_big(root: Path, size_mb: int, repeat: int) -> None:
             if path.exists():
                 path.unlink()
 
-    cp = median_seconds(lambda: subprocess.run(["cp", str(source), str(target)], check=True), repeat, clear)
-    cp_adler = median_seconds(lambda: (subprocess.run(["cp", str(source), str(target)], check=True),
-                                       zlib_pass(target)), repeat, clear)
-    adler_alone = median_seconds(lambda: zlib_pass(source), repeat)
-    mover = LocalSiteMover()
-    stage_in = median_seconds(lambda: mover.get(str(source), target, Expected(size, checksum)), repeat, clear)
-    cp_fsync = median_seconds(lambda: (subprocess.run(["cp", str(source), str(target)], check=True),
-                                       fsync_dir(target)), repeat, clear)
     (root / "se").mkdir()
-    stage_out = median_seconds(lambda: mover.put(source, f"file://{root}/se/big.root", Expected(size)), repeat,
-                               clear)
-    ours = median_seconds(lambda: file_checksum(source), repeat)
+    mover = LocalSiteMover()
+    out_url = f"file://{root}/se/big.root"
+    t = medians({
+        "cp": lambda: subprocess.run(["cp", str(source), str(target)], check=True),
+        "cp_adler": lambda: (subprocess.run(["cp", str(source), str(target)], check=True), zlib_pass(target)),
+        "adler_alone": lambda: zlib_pass(source),
+        "stage_in": lambda: mover.get(str(source), target, Expected(size, checksum)),
+        "cp_fsync": lambda: (subprocess.run(["cp", str(source), str(target)], check=True), fsync_dir(target)),
+        "stage_out": lambda: mover.put(source, out_url, Expected(size)),
+        "ours": lambda: file_checksum(source),
+    }, repeat, clear)
+    cp, cp_adler, adler_alone, stage_in = t["cp"], t["cp_adler"], t["adler_alone"], t["stage_in"]
+    cp_fsync, stage_out, ours = t["cp_fsync"], t["stage_out"], t["ours"]
     clear()
     gib = size / 2**30
     print(f"(a) stage-in of {gib:.2f} GiB (medians of {repeat}, page cache)")

@@ -17,8 +17,9 @@ import ctypes
 import errno
 import logging
 import os
+import stat
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from pilot.errors import ErrorCode, PilotError
 
@@ -121,8 +122,9 @@ def space_shortage(workdir: Path, needed_mb: int) -> Optional[str]:
     return None
 
 
-def give_back_reserve(directory: Path) -> bool:
-    """Free the reserve for the pilot's own last writes of a job that filled the disk."""
+def give_back_reserve(directory: Path, quiet: bool = False) -> bool:
+    """Free the reserve: for the pilot's own last writes of a job that filled the disk (or when the pilot
+    ends, `quiet`)."""
     try:
         os.unlink(Path(directory) / RESERVE)
     except FileNotFoundError:
@@ -130,7 +132,8 @@ def give_back_reserve(directory: Path) -> bool:
     except OSError as exc:
         log.warning("cannot free the space reserve in %s: %s", directory, exc.strerror)
         return False
-    log.warning("disk full: the pilot's space reserve in %s is given back", directory)
+    if not quiet:
+        log.warning("disk full: the pilot's space reserve in %s is given back", directory)
     return True
 
 
@@ -167,6 +170,17 @@ class QuietFileHandler(logging.FileHandler):
     def __init__(self, filename: Path, encoding: str = "utf-8") -> None:
         super().__init__(filename, encoding=encoding)
         self.failures = 0
+
+    def _open(self) -> Any:
+        """The log file, never through a link planted under its name (a resumed job's work dir may hold
+        what its payload left), and never a FIFO that could block the pilot."""
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+                     | os.O_CLOEXEC, 0o644)
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OSError(errno.EINVAL, "a FIFO, not a log file", self.baseFilename)
+        os.set_blocking(fd, True)
+        return open(fd, self.mode, encoding=self.encoding, errors=self.errors)
 
     def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
         self.failures += 1

@@ -340,8 +340,11 @@ class JobRun:
         self.exit_code = 128 - code if code is not None and code < 0 else code
         log.info("payload ended with exit code %s after %.1f s", self.exit_code,
                  self.payload.ended - self.payload.started)
-        if reason is None and code is not None and code < 0 and control.stopping.wait(SIGNAL_SETTLE):
-            reason = signal_error(control.signum or -code)
+        # Killed by a signal (code < 0), or a shell whose child was (128 + N): the batch system may have
+        # signalled the payload with the pilot.
+        signalled = self.exit_code is not None and 128 < self.exit_code < 160
+        if reason is None and signalled and control.stopping.wait(SIGNAL_SETTLE):
+            reason = signal_error(control.signum or self.exit_code - 128)
         if wrapped:
             log_setup_output(dirs.setup_log)
         failed_setup = setup_failure(dirs.setup_log, self.exit_code) if wrapped and self.exit_code else None

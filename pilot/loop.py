@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from pilot.diskspace import space_shortage
+from pilot.diskspace import give_back_reserve, space_shortage
 from pilot.dispatcher.base import DispatcherError, FailureKind, JobRequest
 from pilot.errors import ExitCode
 from pilot.identity import needs_user_proxy
@@ -98,6 +98,12 @@ class Pilot:
 
     def run(self) -> int:
         """Run jobs until a stop rule holds; returns the pilot's exit code."""
+        try:
+            return self._run()
+        finally:
+            give_back_reserve(self.ctx.config.workdir, quiet=True)  # the space reserve is for jobs only
+
+    def _run(self) -> int:
         ctx, state = self.ctx, self.state
         while True:
             reason = stop_reason(ctx, state, self.clock())

@@ -10,7 +10,7 @@ Layout under the queue's `pcache` directory (mode 0700: payloads under other uid
   space.lock               held while room is made for a new entry (eviction and reservation)
   data/<hh>/<hash>         a complete, verified file (mode 0444); <hash> is the SHA-256 of scope and LFN,
                            so no name from a job definition ever becomes a path
-  data/<hh>/<hash>.fill/   where an entry is being written; renamed to its final name only when complete
+  data/<hh>/<hash>.fill    an entry being written; renamed to its final name only when complete
   data/<hh>/<hash>.lock    the entry's lock (flock): shared while the file is verified and linked,
                            exclusive while it is written or evicted. A lock dies with its process, so a
                            crashed holder never blocks anyone; what it left is cleaned up by the next
@@ -237,7 +237,7 @@ class Pcache:
 
     # --- names ------------------------------------------------------------------------------------
     def _paths(self, key: CacheKey) -> tuple[Path, Path, Path]:
-        """(the complete file, its fill directory, its lock file)."""
+        """(the complete file, its name while being written, its lock file)."""
         digest = key.digest
         folder = self.root / "data" / digest[:2]
         return folder / digest, folder / f"{digest}.fill", folder / f"{digest}.lock"
@@ -274,7 +274,8 @@ class Pcache:
         Another pilot filling the same entry is waited for (up to the `wait` setting): one transfer,
         the others hit."""
         data, _, lockpath = self._paths(key)
-        data.parent.mkdir(mode=0o700, exist_ok=True)
+        if not data.parent.is_dir():
+            data.parent.mkdir(mode=0o700, exist_ok=True)
         lock: Optional[EntryLock] = EntryLock(lockpath)
         assert lock is not None
         try:
@@ -304,8 +305,7 @@ class Pcache:
         copied), verified, made read-only and published under its final name. Releases `lock`."""
         data, fill, _ = self._paths(key)
         try:
-            fill.mkdir(mode=0o700)
-            temp = fill / "data"
+            temp = fill
             kind = expected.checksum.kind if expected.checksum is not None else "adler32"
             linked, checksum = self._link_or_copy(path, temp, kind)
             size = os.stat(temp, follow_symlinks=False).st_size
@@ -325,7 +325,7 @@ class Pcache:
             self._drop(key)
             raise
         finally:
-            shutil.rmtree(fill, ignore_errors=True)
+            _unlink(fill)
             lock.release()
         return Staged(path, size, checksum, hit=False, linked=linked)
 
@@ -388,7 +388,7 @@ class Pcache:
         """With the entry locked exclusively: remove its file and what a crashed fill left."""
         data, fill, _ = self._paths(key)
         _remove(data)
-        shutil.rmtree(fill, ignore_errors=True)
+        _remove(fill)
 
     def _reserve(self, key: CacheKey, expected: Expected) -> bool:
         """Make room for the entry (LRU eviction, with hysteresis) and record it as being filled."""

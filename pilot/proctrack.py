@@ -346,11 +346,28 @@ def _same(pid: int, created: float) -> bool:
         return False
 
 
+def remove_empty_leftovers(parent: Path) -> None:
+    """Payload cgroups of pilots that are gone and that hold no process any more are removed (an rmdir
+    of an empty cgroup ends nothing; one that still has processes is left to recovery)."""
+    try:
+        names = [entry.name for entry in os.scandir(parent) if entry.name.startswith(CGROUP_PREFIX)]
+    except OSError:
+        return
+    for name in names:
+        owner = name[len(CGROUP_PREFIX):].split("-", 1)[0]
+        if owner.isdigit() and int(owner) != os.getpid() and not psutil.pid_exists(int(owner)):
+            try:
+                os.rmdir(parent / name)
+            except OSError:
+                pass
+
+
 def new_tracker(label: str, use_cgroup: bool = True) -> Tracker:
     """A cgroup for the payload where the node allows one, else the subreaper tracking; says which."""
     if use_cgroup:
         parent = cgroup_parent()
         if parent is not None:
+            remove_empty_leftovers(parent)
             name = f"{CGROUP_PREFIX}{os.getpid()}-{next(_serial)}-{label}"
             try:
                 tracker = CgroupTracker.create(parent, name)

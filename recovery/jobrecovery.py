@@ -220,6 +220,14 @@ class JobRecovery:
         try:
             job = parse_job(journal.job)
         except JobDefinitionError as exc:
+            if journal.final is not None:  # a job that never ran (a broken definition): its report is owed
+                report = FinalReport.from_owed(journal.panda_id, journal.attempt_nr, journal.final)
+                if send_final(self.ctx.dispatcher, self.ctx.identity, report, journal):
+                    self._clean(workdir)
+                    summary.recovered.append(journal.panda_id)
+                else:
+                    summary.undelivered.append(journal.panda_id)
+                return
             self._report_failure(journal.panda_id, journal.attempt_nr,
                                  PilotError(ErrorCode.LOST_JOB_RECOVERY_FAILED, f"lost job: {exc.diag}"))
             _set_aside(workdir / JOURNAL, JOURNAL_ASIDE[0])

@@ -132,6 +132,8 @@ def copy_fd(src: int, dst: int, hasher: Hasher, cancel: Optional[threading.Event
                 return
             _write_all(dst, chunk)
             hasher.update(chunk)
+    if _copy_in_kernel(src, dst, hasher, cancel, writeback):
+        return
     buffers = [bytearray(CHUNK * 4) for _ in range(_BUFFERS)]
     ready: queue.Queue = queue.Queue()  # (index, length) to checksum; None ends
     free: queue.Queue = queue.Queue()
@@ -168,6 +170,63 @@ def copy_fd(src: int, dst: int, hasher: Hasher, cancel: Optional[threading.Event
     finally:
         ready.put(None)
         worker.join()
+
+
+def _copy_in_kernel(src: int, dst: int, hasher: Hasher, cancel: Optional[threading.Event],
+                    writeback: bool) -> bool:
+    """The copy by copy_file_range (in the kernel, no pass through Python's buffers) in one thread while
+    this thread reads the same source and checksums it: about max(copy, checksum). False (nothing
+    written) where the file systems do not support it, so the caller copies through buffers."""
+    start = os.lseek(src, 0, os.SEEK_CUR)
+    try:
+        first = os.copy_file_range(src, dst, CHUNK * 8, start, 0)
+    except (AttributeError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL,
+                                                           errno.EOPNOTSUPP, errno.EBADF):
+            raise
+        return False
+    failure: list[BaseException] = []
+    stop = threading.Event()
+
+    def copy() -> None:
+        copied = first
+        try:
+            while copied and not stop.is_set():
+                if writeback:
+                    start_writeback(dst, 0, 0)  # everything written so far
+                step = os.copy_file_range(src, dst, CHUNK * 8, start + sum_done[0], sum_done[0])
+                copied = step
+                sum_done[0] += step
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            failure.append(exc)
+
+    sum_done = [first]
+    worker = threading.Thread(target=copy, name="copy", daemon=True)
+    worker.start()
+    buf = bytearray(CHUNK * 4)
+    view = memoryview(buf)
+    offset = start
+    try:
+        while True:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("transfer interrupted")
+            length = os.preadv(src, [view], offset)
+            if not length:
+                break
+            hasher.update(view[:length])
+            offset += length
+    finally:
+        if failure or (cancel is not None and cancel.is_set()):
+            stop.set()
+        worker.join()
+    if failure:
+        raise failure[0]
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("transfer interrupted")
+    written = os.fstat(dst).st_size
+    if written != hasher.size:
+        raise OSError(errno.EIO, f"copied {written} bytes, read {hasher.size}")
+    return True
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:

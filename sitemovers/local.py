@@ -91,6 +91,7 @@ class LocalSiteMover(SiteMover):
 
     name = "local"
     schemes = ("file", "")
+    direct_read = True  # a payload on a node that mounts the storage reads the file where it is
     server_checksum = True
 
     def fetch(self, source: str, tmp: Path, expected: Expected,
@@ -175,6 +176,7 @@ class LocalSiteMover(SiteMover):
         _fsync_dir(dst.parent)
 
     def turl(self, url: str) -> str:
+        """The file's path on the mounted storage (POSIX direct access)."""
         return str(local_path(self.rewrite(url)))
 
 

@@ -323,7 +323,7 @@ class LocalDispatcher(Dispatcher):
                 if last.get("job_status") in FINAL_STATES:
                     continue
                 active = max(float(last.get("time", 0.0)), claimed.stat().st_mtime)
-            except (OSError, ValueError, KeyError, TypeError):
+            except (OSError, ValueError, KeyError, TypeError, DispatcherError):  # an unreadable history too
                 continue
             if now - active < self.lost_heartbeat:
                 continue

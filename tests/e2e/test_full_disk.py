@@ -52,6 +52,7 @@ def test_a_payload_that_fills_the_disk_fails_1098_and_the_next_job_runs(site_on_
         names = tar.getnames()
     assert "1.log/pilot.log" in names and "1.log/journal.json" in names
     assert site.final(2)["job_status"] == "finished"
+    assert not site.work.exists() or os.listdir(site.work) == [], "the space reserve is given back at the end"
 
 
 def test_when_space_does_not_come_back_the_pilot_stops_with_69(site_on_small_disk: Site) -> None:

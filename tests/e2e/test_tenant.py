@@ -10,6 +10,7 @@ import datetime
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import subprocess
@@ -52,8 +53,11 @@ def accounts() -> Iterator[dict[str, pwd.struct_passwd]]:
     if not ROOT:
         yield {}
         return
+    for entry in pwd.getpwall():  # accounts of test sessions that were killed before their teardown
+        session = re.fullmatch(r"pt(\d+)[ab]", entry.pw_name)
+        if session and not psutil.pid_exists(int(session.group(1))):
+            _account_tool(["userdel", entry.pw_name])
     for name in USERS:
-        subprocess.run(["userdel", name], capture_output=True)  # a leftover of an interrupted run
         _account_tool(["useradd", "--no-create-home", "--home-dir", f"/home/{name}", "--shell", "/bin/bash",
                        "--user-group", name])
     yield {name: pwd.getpwnam(name) for name in USERS}

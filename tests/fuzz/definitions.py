@@ -93,7 +93,8 @@ HOSTILE_NAMES = ["../../escaped.dat", "/etc/passwd", "a/b.dat", "..", ".", "bad\
 
 MUTATIONS: dict[str, Callable[[dict[str, Any], random.Random], Content]] = {
     "valid": lambda job, rng: job,
-    "valid unicode name": lambda job, rng: _output_name(job, rng, "ünïcode ø.dat"),
+    "valid unicode name": lambda job, rng: {**_output_name(job, rng, "ünïcode ø.dat"),  # type: ignore[dict-item]
+                                            "jobPars": "-c 'cat in.dat > \"ünïcode ø.dat\"'"},
     "no transformation": _drop("transformation"),
     "no PandaID": _drop("PandaID"),
     "PandaID not a number": _set("PandaID", "12ab"),

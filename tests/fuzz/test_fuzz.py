@@ -8,6 +8,8 @@ import collections
 import os
 from pathlib import Path
 
+import pytest
+
 from pilot.errors import ErrorCode, ExitCode
 from tests.e2e.conftest import Site
 from tests.fuzz.definitions import INPUT, definitions, outcome, write
@@ -24,6 +26,7 @@ def outside(tmp_path: Path) -> set[str]:
     return {str(p) for p in tmp_path.parent.rglob("*") if tmp_path not in (p, *p.parents)}
 
 
+@pytest.mark.timeout(900)  # about a minute alone; a loaded machine may take a few
 def test_hostile_definitions_never_stop_the_pilot(tmp_path: Path) -> None:
     (tmp_path / "site").mkdir()
     site = Site(tmp_path / "site", {"kill_grace": 1})
@@ -53,9 +56,9 @@ def test_hostile_definitions_never_stop_the_pilot(tmp_path: Path) -> None:
     assert len(unidentified) == sum(o.kind == "rejected (no PandaID)" for o in outcomes.values())
     # nothing outside the site's directories; in storage only what the valid jobs put there
     assert os.listdir(tmp_path) == ["site"] and outside(tmp_path) == outside_before
-    assert sorted(os.listdir(tmp_path / "site")) == ["jobs", "queue.yaml", "se", "work"]
+    assert set(os.listdir(tmp_path / "site")) <= {"jobs", "queue.yaml", "se", "work"}
     stored = {p.name for p in (site.se / "out" / "scope").iterdir()}
     assert all(name.endswith(".log.tgz") or name in ("out.dat", "ünïcode ø.dat") for name in stored), stored
-    assert os.listdir(site.work) in ([], [".space-reserve"])  # every job's work dir cleaned up
+    assert not site.work.exists() or os.listdir(site.work) == []  # job dirs cleaned, the reserve given back
     table = collections.Counter((one.mutation, outcomes[one.panda_id].label) for one in fuzzed)
     assert table[("valid", "finished")] >= 1 and table[("NUL in jobPars", "failed 1302")] >= 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import random
 import threading
 import zlib
@@ -116,3 +117,26 @@ def test_checksum_parse_rejects_with_checksum_error():
     with pytest.raises(ChecksumError):
         Checksum.parse("crc32:1234abcd")
     assert issubclass(ChecksumError, ValueError)
+
+
+def test_a_big_copy_checksums_exactly_the_bytes_copied(tmp_path):
+    """Above BIG the copy runs in the kernel in one thread while the other checksums the source."""
+    from sitemovers.checksum import BIG, copy_with_checksum
+
+    data = os.urandom(BIG * 2 + 12345)
+    (tmp_path / "src").write_bytes(data)
+    hasher = copy_with_checksum(tmp_path / "src", tmp_path / "dst", md5=True)
+    assert (tmp_path / "dst").read_bytes() == data
+    assert hasher.size == len(data)
+    assert hasher.result().value == f"{zlib.adler32(data) & 0xFFFFFFFF:08x}"
+    assert hasher.result("md5").value == hashlib.md5(data).hexdigest()
+
+
+def test_a_big_copy_stops_when_cancelled(tmp_path):
+    from sitemovers.checksum import BIG, Cancelled, copy_with_checksum
+
+    (tmp_path / "src").write_bytes(b"x" * (BIG * 2))
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled):
+        copy_with_checksum(tmp_path / "src", tmp_path / "dst", cancel=cancel)

@@ -387,3 +387,20 @@ def test_hook_leaves_rejected_sources_alone(tmp_path, storage):
     assert hook.before_get(item) is None
     hook.after_get(item, Path(item.dest))
     assert cache.scan() == [] and cache.counters()["misses"] == 0
+
+
+def test_a_fill_killed_before_its_rename_is_not_taken_for_complete(tmp_path, storage):
+    """What a pilot killed between writing the entry and publishing it leaves: a '.fill' file (here with
+    the whole content) and a row still 'filling'. The next pilot fetches the file again."""
+    cache = make_cache(tmp_path)
+    key, expected = storage.add("s", "late.root", b"L" * 5000)
+    data, fill, _ = cache._paths(key)
+    data.parent.mkdir(parents=True, exist_ok=True)
+    fill.write_bytes(b"L" * 5000)
+    with cache.index.transaction() as db:
+        db.execute("INSERT INTO entries VALUES (?, 's', 'late.root', '', 5000, NULL, 'filling', 0, 0)", (key.digest,))
+    assert cache.scan() == [] and cache.report()["count"] == 0
+    staged = stage(cache, storage, key, expected, tmp_path / "j" / "late.root")
+    assert staged.hit is False and storage.fetches == ["late.root"]
+    assert not fill.exists() and data.read_bytes() == b"L" * 5000
+    assert cache.scan() == [("s", "late.root", 5000)]

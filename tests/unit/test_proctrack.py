@@ -172,3 +172,28 @@ def test_the_fallback_is_taken_and_said_when_no_cgroup_can_be_had(monkeypatch, c
     with caplog.at_level("INFO", logger="pilot.proctrack"):
         tracker = new_tracker("x")
     assert isinstance(tracker, SubreaperTracker) and "child-subreaper" in caplog.text
+
+
+@needs_cgroup
+def test_empty_payload_cgroups_of_gone_pilots_are_removed_busy_ones_kept(tmp_path):
+    parent = cgroup_parent()
+    gone = _a_dead_pid()
+    empty = parent / f"{CGROUP_PREFIX}{gone}-1-9-1"
+    empty.mkdir()
+    busy_tracker = CgroupTracker.create(parent, f"{CGROUP_PREFIX}{gone}-2-9-1")
+    busy = Payload(["sleep", "300"], tmp_path, {"PATH": os.environ["PATH"]}, busy_tracker)
+    busy.start(threading.Event())
+    try:
+        mine = new_tracker("sweep")
+        assert not empty.exists(), "an empty cgroup of a pilot that is gone is removed"
+        assert busy_tracker.path.exists() and busy_tracker.pids(), "one with processes is left to recovery"
+        mine.close()
+    finally:
+        busy.kill(grace=0)
+    assert not busy_tracker.path.exists()
+
+
+def _a_dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid

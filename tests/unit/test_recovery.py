@@ -238,3 +238,50 @@ def test_two_recovering_pilots_at_once_recover_each_job_once(tmp_path):
     taken = sorted(n for s in summaries for n in s.recovered + s.cleaned)
     assert taken == list(range(200, 212))
     assert all(len(finals(ctxs[0], 200 + n)) == 1 for n in range(12))
+
+
+def test_the_owed_failure_of_a_job_that_never_ran_is_delivered_as_it_was(tmp_path):
+    from pilot.dispatcher.base import DispatcherError, FailureKind
+    from pilot.errors import PilotError
+    from pilot.jobrun import report_unrun
+
+    class Unreachable(LocalDispatcher):
+        def update_job(self, update):
+            raise DispatcherError(FailureKind.TRANSPORT, "connection refused")
+
+    ctx = context(tmp_path)
+    ctx.dispatcher = Unreachable(tmp_path / "jobs")
+    workdir = tmp_path / "work" / job_dir_name(70, 1)
+    error = PilotError(ErrorCode.BAD_FILE_NAME, "file name 'a/b' contains a path separator")
+    report_unrun(ctx, 70, 1, {"PandaID": "70", "outFiles": "a/b"}, error, workdir)
+    dead(workdir / JOURNAL)
+    ctx, summary = recover(tmp_path)
+    assert summary.recovered == [70] and not workdir.exists()
+    assert [(f["job_status"], f["pilot_error_code"]) for f in finals(ctx, 70)] == [("failed", 1371)]
+
+
+def test_a_job_the_embedded_dispatcher_offered_again_is_only_cleaned_up(tmp_path, monkeypatch):
+    workdir = leftover(tmp_path, 60, "stageout", monkeypatch)
+    ctx = context(tmp_path)
+    claimed = tmp_path / "jobs" / "claimed" / "60.json"
+    claimed.write_text(json.dumps(definition(60)))
+    dispatcher = LocalDispatcher(tmp_path / "jobs", lost_heartbeat=60)
+    assert dispatcher.retry_lost(now=time.time() + 3600) == [60]
+    summary = JobRecovery(ctx, [tmp_path / "work"]).run()
+    assert summary.cleaned == [60] and not workdir.exists()
+    assert json.loads((tmp_path / "jobs" / "60.json").read_text())["attemptNr"] == "2", "offered again"
+    assert [h["job_status"] for h in ctx.dispatcher.history(60)] == ["starting", "running", "failed"]
+
+
+def test_an_owner_on_another_node_is_dead_when_its_journal_is_older_than_two_heartbeats(tmp_path):
+    fresh, old = owed_leftover(tmp_path, 80), owed_leftover(tmp_path, 81)
+    for workdir in (fresh, old):
+        data = json.loads((workdir / JOURNAL).read_text())
+        data["owner"] = {"pid": os.getpid(), "start_time": psutil.Process().create_time(), "boot_id": "b",
+                         "node": "another-node"}
+        (workdir / JOURNAL).write_text(json.dumps(data))
+    data = json.loads((old / JOURNAL).read_text())
+    data["updated"] = time.time() - 2 * 1800 - 60
+    (old / JOURNAL).write_text(json.dumps(data))
+    ctx, summary = recover(tmp_path)
+    assert summary.recovered == [81] and finals(ctx, 80) == []
