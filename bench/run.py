@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -24,20 +23,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pilot.dispatcher.local import LocalDispatcher  # noqa: E402
+from pilot.sitebuilder import Site  # noqa: E402
 
 
 def make_site(root: Path, jobs: dict[int, str]) -> tuple[Path, Path]:
-    jobdir, se = root / "jobs", root / "se"
-    se.mkdir(parents=True)
-    LocalDispatcher(jobdir)
+    site = Site(root, queue="BENCH")
     for panda_id, script in jobs.items():
-        job = {"PandaID": str(panda_id), "attemptNr": "1", "transformation": "/bin/sh",
-               "jobPars": f"-c {json.dumps(script)}", "outFiles": f"{panda_id}.log.tgz",
-               "logFile": f"{panda_id}.log.tgz"}
-        (jobdir / f"{panda_id}.json").write_text(json.dumps(job))
-    queue = root / "queue.yaml"
-    queue.write_text(f"se: {se}\n")
-    return jobdir, queue
+        site.add_job(panda_id, script)
+    return site.jobs, site.write_queue()
 
 
 def pilot_argv(root: Path, jobdir: Path, queue: Path, *extra: str) -> list[str]:

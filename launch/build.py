@@ -82,7 +82,12 @@ def build(output: Path, name: Optional[str] = None) -> Bundle:
         wheels, stage = Path(tmp) / "wheels", Path(tmp) / "stage"
         stage.mkdir()
         log.info("building the pilot's wheel from %s", ROOT)
-        _pip("wheel", "--no-deps", "--wheel-dir", str(wheels), str(ROOT))
+        leftover = not (ROOT / "build").exists()
+        try:
+            _pip("wheel", "--no-deps", "--wheel-dir", str(wheels), str(ROOT))
+        finally:
+            if leftover:  # setuptools' build directory in the source tree: ours, not the developer's
+                shutil.rmtree(ROOT / "build", ignore_errors=True)
         own = next(wheels.glob("pandapilot-*.whl"))
         log.info("resolving the dependencies for CPython 3.9+ on manylinux x86_64")
         _pip("download", *TARGET, "--dest", str(wheels), str(own))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sqlite3
 import sys
 import threading
@@ -50,8 +51,12 @@ def batch_id_from_env(env: Mapping[str, str]) -> Optional[str]:
 
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queue", "-q", required=True, help="the PanDA queue (site) name")
-    p.add_argument("--dispatcher", "-d", required=True,
-                   help="a job directory (embedded dispatcher) or the PanDA server URL (https://host:25443)")
+    p.add_argument("--dispatcher", "-d",
+                   help="a job directory (embedded dispatcher) or the PanDA server URL (https://host:25443); "
+                        "required unless --access-point is given")
+    p.add_argument("--access-point", type=Path,
+                   help="Harvester push mode: the worker's access point holding the job (pandaJobData.out); "
+                        "reports go to --dispatcher's server (truePilot) or, without one, to the factory's files")
     p.add_argument("--dispatcher-api", choices=("v1", "legacy"), default="v1",
                    help="PanDA server dialect: v1 (/api/v1/pilot) or legacy (/server/panda)")
     p.add_argument("--queue-config", type=Path, help="YAML file with the queue's settings (schedconfig)")
@@ -115,6 +120,16 @@ def parser() -> argparse.ArgumentParser:
     _add_run_arguments(sub.add_parser("recover", help="only recover the jobs dead pilots left, then stop"))
     demo = sub.add_parser("demo", help="run a handful of jobs on a throw-away local site")
     demo.add_argument("--dir", type=Path, help="where to build the site (default: a new temporary directory)")
+    test = sub.add_parser("selftest", help="the release tester's battery of test jobs on this node")
+    test.add_argument("--bundle", type=Path, help="the candidate bundle (default: this installed pilot)")
+    test.add_argument("--compare", type=Path, metavar="BUNDLE",
+                      help="run the battery with this bundle too (e.g. production) and show both side by side")
+    test.add_argument("--queue-config", type=Path, help="the queue's settings (YAML) to test with")
+    test.add_argument("--python", default=shutil.which("python3") or sys.executable,
+                      help="the python3 that runs the bundles (default: python3 on PATH)")
+    test.add_argument("--dir", type=Path, help="where to build the test sites (default: a temporary directory)")
+    test.add_argument("--only", help="comma-separated test names (default: all)")
+    test.add_argument("--timeout", type=_positive, default=300.0, help="seconds one pilot run may take")
     releases = sub.add_parser("releases", help="list the software releases installed on this node")
     releases.add_argument("--queue", "-q", default="LOCAL", help="the queue whose appdir/envsetup to use")
     releases.add_argument("--queue-config", type=Path, help="YAML file with the queue's settings")
@@ -156,7 +171,8 @@ def list_releases(args: argparse.Namespace) -> int:
 def config_from_args(args: argparse.Namespace) -> PilotConfig:
     workdir = (args.workdir or Path.cwd() / f"pilot-{os.getpid()}").absolute()
     tag = parse_tag(args.version_tag)
-    dispatcher = args.dispatcher
+    access_point = args.access_point.absolute() if args.access_point else None
+    dispatcher = args.dispatcher or str(access_point)
     if not dispatcher.startswith(("http://", "https://")):
         dispatcher = str(Path(dispatcher).absolute())
     return PilotConfig(
@@ -167,7 +183,7 @@ def config_from_args(args: argparse.Namespace) -> PilotConfig:
         stop_file=args.stop_file or workdir / "STOP", heartbeat=args.heartbeat, keep_workdirs=args.keep_workdirs,
         recovery=not args.no_recovery, lost_heartbeat=args.lost_heartbeat,
         pilot_id=pilot_id_field(args.pilot_id or f"{os.uname().nodename}:{os.getpid()}", tag),
-        version_tag=tag.name, batch_id=args.batch_id, scheduler_id=args.scheduler_id,
+        version_tag=tag.name, batch_id=args.batch_id, access_point=access_point, scheduler_id=args.scheduler_id,
         harvester_id=args.harvester_id, worker_id=args.worker_id, cacert=args.cacert, capath=args.capath,
         cert=args.cert, key=args.key, proxy=args.proxy, token_file=args.token_file, origin=args.origin,
         request_timeout=args.request_timeout, retry_budget=args.retry_budget,
@@ -276,7 +292,10 @@ def open_pcache(queue: QueueConfig, cancel: threading.Event) -> Optional[Pcache]
 
 
 def main(argv: Optional[list[str]] = None, registry: Optional[Registry] = None) -> int:
-    args = parser().parse_args(argv)
+    cli = parser()
+    args = cli.parse_args(argv)
+    if args.command == "run" and not (args.dispatcher or args.access_point):
+        cli.error("run: --dispatcher (or --access-point) is required")
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)-7s %(name)s | %(message)s")
     try:
@@ -284,6 +303,12 @@ def main(argv: Optional[list[str]] = None, registry: Optional[Registry] = None) 
             from pilot.demo import run_demo
 
             return run_demo(args.dir)
+        if args.command == "selftest":
+            from pilot.selftest import main_selftest
+
+            only = {name.strip() for name in args.only.split(",")} if args.only else None
+            return main_selftest(args.bundle, args.compare, args.queue_config, args.python, args.dir, only,
+                                 args.timeout)
         if args.command == "releases":
             return list_releases(args)
         return run_pilot(config_from_args(args), recover_only=args.command == "recover",

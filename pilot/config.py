@@ -230,6 +230,7 @@ class PilotConfig:
     pilot_id: str = ""  # as sent: `<id>|<version tag>|<version>`
     version_tag: str = "PR"  # PR, RC, RCM, ALRB, PT (pilot/versiontag.py)
     batch_id: Optional[str] = None  # the batch system's job id (Slurm, HTCondor, ...)
+    access_point: Optional[Path] = None  # Harvester push mode: the worker's access point
     scheduler_id: str = ""
     harvester_id: Optional[str] = None
     worker_id: Optional[int] = None

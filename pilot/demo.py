@@ -6,69 +6,33 @@ element is a directory, the payloads are small shell commands.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
-import zlib
 from pathlib import Path
 from typing import Any, Optional
 
 from pilot.config import PilotConfig
 from pilot.dispatcher.local import LocalDispatcher
-from pilot.fsutil import atomic_write_json
+from pilot.sitebuilder import Site
 
 QUEUE = "DEMO_SITE"
 
 
-def _put_input(se: Path, scope: str, name: str, data: bytes) -> dict[str, str]:
-    (se / scope).mkdir(parents=True, exist_ok=True)
-    (se / scope / name).write_bytes(data)
-    return {"lfn": name, "fsize": str(len(data)), "checksum": f"ad:{zlib.adler32(data) & 0xFFFFFFFF:08x}"}
-
-
-def _job(panda_id: int, script: str, inputs: list[dict[str, str]], outputs: list[str], **extra: str) -> dict:
-    log = f"{panda_id}.log.tgz"
-    job = {
-        "PandaID": str(panda_id), "attemptNr": "1", "jobsetID": "1", "taskID": "42", "prodSourceLabel": "managed",
-        "transformation": "/bin/sh", "jobPars": f"-c {json.dumps(script)}", "coreCount": "1",
-        "inFiles": ",".join(f["lfn"] for f in inputs), "fsize": ",".join(f["fsize"] for f in inputs),
-        "checksum": ",".join(f["checksum"] for f in inputs), "scopeIn": ",".join("demo" for _ in inputs),
-        "GUID": ",".join(f"guid-{panda_id}-{i}" for i, _ in enumerate(inputs)),
-        "outFiles": ",".join([*outputs, log]), "scopeOut": ",".join("demo" for _ in [*outputs, log]),
-        "realDatasets": ",".join("demo.output" for _ in [*outputs, log]),
-        "logFile": log, "logGUID": f"log-guid-{panda_id}", "scopeLog": "demo",
-    }
-    job.update(extra)
-    return job
-
-
-def build_site(root: Path) -> tuple[Path, Path, Path]:
-    """Job directory, storage directory and queue configuration for the demo."""
-    jobs, se = root / "jobs", root / "storage"
-    jobs.mkdir(parents=True)
-    se.mkdir()
-    a = _put_input(se, "demo", "events.A.dat", os.urandom(300_000))
-    b = _put_input(se, "demo", "events.B.dat", os.urandom(2_000_000))
-    definitions = [
-        _job(1001, "cat events.A.dat events.B.dat > merged.dat && echo merged", [a, b], ["merged.dat"]),
-        _job(1002, "sha1sum events.A.dat > digest.txt && sleep 1", [a], ["digest.txt"]),
-        _job(1003, "echo 'something went wrong' >&2; exit 3", [], ["never.dat"]),
-        _job(1004, "sleep 600", [], ["stuck.dat"], maxCpuCount="2"),
-        _job(1005, "true", [], ["../escape.dat"]),
-        _job(1006, "head -c 1000000 /dev/zero > zeros.dat", [], ["zeros.dat"]),
-    ]
-    for job in definitions:
-        atomic_write_json(jobs / f"{job['PandaID']}.json", job)
-    queue = root / "queue.yaml"
-    queue.write_text(
-        f"se: {se}\n"
-        "seprodpath: output\n"
-        "looping_limit_min: 2        # the demo's looping job is killed after 2 s without file changes\n"
-        "looping_check_interval: 0.5\n"
-        "kill_grace: 2\n"
-        "transfer_retry_wait: 0.5\n"
-    )
-    return jobs, se, queue
+def build_site(root: Path) -> Site:
+    """The demo's site (pilot/sitebuilder.py): two input files in storage and six jobs."""
+    site = Site(root, {"seprodpath": "output", "transfer_retry_wait": 0.5, "kill_grace": 2,
+                       # the demo's looping job is killed after 2 s without file changes
+                       "looping_limit_min": 2, "looping_check_interval": 0.5}, queue=QUEUE)
+    a = site.put_input("events.A.dat", os.urandom(300_000), scope="demo")
+    b = site.put_input("events.B.dat", os.urandom(2_000_000), scope="demo")
+    common = {"scope": "demo", "jobsetID": "1", "taskID": "42", "coreCount": "1"}
+    site.add_job(1001, "cat events.A.dat events.B.dat > merged.dat && echo merged", (a, b), ("merged.dat",), **common)
+    site.add_job(1002, "sha1sum events.A.dat > digest.txt && sleep 1", (a,), ("digest.txt",), **common)
+    site.add_job(1003, "echo 'something went wrong' >&2; exit 3", (), ("never.dat",), **common)
+    site.add_job(1004, "sleep 600", (), ("stuck.dat",), maxCpuCount="2", **common)
+    site.add_job(1005, "true", (), ("../escape.dat",), **common)
+    site.add_job(1006, "head -c 1000000 /dev/zero > zeros.dat", (), ("zeros.dat",), **common)
+    return site
 
 
 def summary(dispatcher: LocalDispatcher, panda_ids: list[int]) -> list[dict[str, Any]]:
@@ -103,10 +67,11 @@ def run_demo(directory: Optional[Path] = None) -> int:
 
     root = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="pandapilot-demo-"))
     root = root.absolute()
-    jobs, se, queue = build_site(root)
+    site = build_site(root)
+    jobs, se = site.jobs, site.se
     panda_ids = sorted(int(p.stem) for p in jobs.glob("*.json"))
     config = PilotConfig(
-        queue=QUEUE, dispatcher=str(jobs), workdir=root / "pilot", queue_file=queue, max_no_job=1,
+        queue=QUEUE, dispatcher=str(jobs), workdir=root / "pilot", queue_file=site.write_queue(), max_no_job=1,
         no_job_wait=0.1, max_failures=10, keep_workdirs=True, pilot_id="demo",
     )
     code = run_pilot(config)

@@ -75,7 +75,7 @@ from sitemovers.registry import Registry
 log = logging.getLogger(__name__)
 
 # A batch system ending a job (scancel, condor_rm) signals all of its processes at once: a payload that died
-# of a signal the pilot did not send is given this long for the pilot's own signal to arrive, so that the
+# of a signal the pilot did not send (exit code above 128) is given this long for the pilot's own signal, so that the
 # job is reported with the signal's code (1201 ...) rather than as a failed payload.
 SIGNAL_SETTLE = 2.0
 

@@ -11,37 +11,47 @@ from pilot.dispatcher.base import Dispatcher, DispatcherError, FailureKind
 
 
 def make_dispatcher(config: PilotConfig, stopping: threading.Event) -> Dispatcher:
-    """The PanDA server for an http(s) URL, else the embedded directory dispatcher.
+    """The PanDA server for an http(s) URL, else the embedded directory dispatcher; with an access point,
+    Harvester's push mode (the job from its files, reports to the server or, without one, to its files).
 
     `stopping` shortens the retries once the pilot is told to end (a batch system's SIGTERM leaves
     little time): a request is then retried for a few seconds more and given up; whatever it carried
     stays in the job's journal.
     """
-    if config.is_remote:
-        from pilot.dispatcher.panda import PandaConfig, PandaDispatcher  # requests only when needed
+    server = _panda_server(config, stopping) if config.is_remote else None
+    if config.access_point is not None:
+        from pilot.dispatcher.harvester import HarvesterDispatcher
 
-        token = Path(config.token_file).read_text().strip() if config.token_file else None
-
-        return PandaDispatcher(
-            PandaConfig(
-                url=config.dispatcher,
-                api=config.dispatcher_api,
-                cacert=config.cacert,
-                capath=config.capath,
-                cert=config.cert,
-                key=config.key,
-                proxy=config.proxy,
-                token=token,
-                origin=config.origin,
-                timeout=config.request_timeout,
-                retry_budget=config.retry_budget,
-                cache_report_field=config.pcache_report_field,
-            ),
-            sleep=StopAwareSleep(stopping),
-        )
+        return HarvesterDispatcher(config.access_point, reports=server)
+    if server is not None:
+        return server
     from pilot.dispatcher.local import LocalDispatcher
 
     return LocalDispatcher(Path(config.dispatcher), lost_heartbeat=config.lost_heartbeat)
+
+
+def _panda_server(config: PilotConfig, stopping: threading.Event) -> Dispatcher:
+    from pilot.dispatcher.panda import PandaConfig, PandaDispatcher  # requests only when needed
+
+    token = Path(config.token_file).read_text().strip() if config.token_file else None
+
+    return PandaDispatcher(
+        PandaConfig(
+            url=config.dispatcher,
+            api=config.dispatcher_api,
+            cacert=config.cacert,
+            capath=config.capath,
+            cert=config.cert,
+            key=config.key,
+            proxy=config.proxy,
+            token=token,
+            origin=config.origin,
+            timeout=config.request_timeout,
+            retry_budget=config.retry_budget,
+            cache_report_field=config.pcache_report_field,
+        ),
+        sleep=StopAwareSleep(stopping),
+    )
 
 
 class StopAwareSleep:

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import psutil
 import pytest
 
-from pilot.dispatcher.local import LocalDispatcher
-from pilot.fsutil import atomic_write_json
+from pilot import sitebuilder
 
 QUEUE = "E2E_SITE"
 
@@ -45,61 +41,14 @@ def pids_alive(pids: list[int]) -> list[int]:
     return alive
 
 
-@dataclass
-class Site:
-    root: Path
-    queue_settings: dict[str, Any] = field(default_factory=dict)
+class Site(sitebuilder.Site):
+    """The shared site builder (pilot/sitebuilder.py) with the pilot's command line run as a subprocess."""
 
-    def __post_init__(self) -> None:
-        self.jobs = self.root / "jobs"
-        self.se = self.root / "se"
-        self.work = self.root / "work"
-        self.se.mkdir()
-        LocalDispatcher(self.jobs)  # lays out the job directory (claimed/, history/, commands/ ...)
-        self.queue_settings = {"se": str(self.se), "seprodpath": "out", "transfer_retry_wait": 0.1,
-                               "kill_grace": 3, **self.queue_settings}
-
-    @property
-    def dispatcher(self) -> LocalDispatcher:
-        return LocalDispatcher(self.jobs)
-
-    def put_input(self, name: str, data: bytes, scope: str = "scope") -> dict[str, str]:
-        (self.se / scope).mkdir(exist_ok=True)
-        (self.se / scope / name).write_bytes(data)
-        return {"lfn": name, "fsize": str(len(data)), "checksum": f"ad:{zlib.adler32(data) & 0xFFFFFFFF:08x}",
-                "scope": scope}
-
-    def add_job(self, panda_id: int, script: str = "true", inputs: tuple[dict[str, str], ...] = (),
-                outputs: tuple[str, ...] = (), **extra: Any) -> dict[str, Any]:
-        log = f"{panda_id}.log.tgz"
-        outs = [*outputs, log]
-        job = {
-            "PandaID": str(panda_id), "attemptNr": "1", "transformation": "/bin/sh",
-            "jobPars": f"-c {json.dumps(script)}", "prodSourceLabel": "managed",
-            "inFiles": ",".join(f["lfn"] for f in inputs) or "NULL",
-            "fsize": ",".join(f["fsize"] for f in inputs) or "NULL",
-            "checksum": ",".join(f["checksum"] for f in inputs) or "NULL",
-            "scopeIn": ",".join(f["scope"] for f in inputs) or "NULL",
-            "GUID": ",".join(f"g-{panda_id}-{i}" for i in range(len(inputs))) or "NULL",
-            "outFiles": ",".join(outs), "scopeOut": ",".join("scope" for _ in outs),
-            "logFile": log, "logGUID": f"log-{panda_id}",
-        }
-        job.update({k: str(v) for k, v in extra.items()})
-        atomic_write_json(self.jobs / f"{panda_id}.json", job)
-        return job
-
-    def add_raw(self, name: str, text: str) -> None:
-        (self.jobs / name).write_text(text)
-
-    def write_queue(self) -> Path:
-        path = self.root / "queue.yaml"
-        path.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in self.queue_settings.items()))
-        return path
+    def __init__(self, root: Path, queue_settings: Optional[dict[str, Any]] = None) -> None:
+        super().__init__(root, queue_settings or {}, queue=QUEUE)
 
     def argv(self, *extra: str) -> list[str]:
-        return [sys.executable, "-m", "pilot", "run", "--queue", QUEUE, "--dispatcher", str(self.jobs),
-                "--queue-config", str(self.write_queue()), "--workdir", str(self.work),
-                "--max-no-job", "1", "--no-job-wait", "0.05", "--max-failures", "0", *extra]
+        return [sys.executable, "-m", "pilot", "run", *self.run_options(*extra)]
 
     def start(self, *extra: str) -> subprocess.Popen:
         return subprocess.Popen(self.argv(*extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -107,18 +56,6 @@ class Site:
 
     def run(self, *extra: str, timeout: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run(self.argv(*extra), capture_output=True, text=True, timeout=timeout, cwd=self.root)
-
-    def history(self, panda_id: int) -> list[dict[str, Any]]:
-        return self.dispatcher.history(panda_id)
-
-    def states(self, panda_id: int) -> list[str]:
-        return [h["job_status"] for h in self.history(panda_id)]
-
-    def final(self, panda_id: int) -> dict[str, Any]:
-        history = self.history(panda_id)
-        assert history, f"job {panda_id} was never reported"
-        assert history[-1]["job_status"] in ("finished", "failed"), history[-1]
-        return history[-1]
 
     def wait_state(self, panda_id: int, state: str, timeout: float = 30) -> None:
         wait_for(lambda: state in self.states(panda_id), timeout, f"job {panda_id} to report {state}")

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Provision Harvester, the PanDA pilot factory, for the launch tests (tests/integration/harvester.py):
+#   $PANDA_CI_CACHE/venv-harvester   pandaharvester 0.7.5 (HSF/harvester commit d561b72f; not on PyPI)
+# The source is the unmodified upstream tarball: $HARVESTER_SOURCE if set, else the copy kept beside the
+# test machines (/work/shared/third_party/harvester), else upstream's archive of that commit.
+# Its dependencies come from PyPI (persistent pip cache in $PANDA_CI_CACHE/pip-cache). Harvester is
+# configured and started by the tests (SQLite, v1 against the loopback panda-server, Slurm submitter).
+# Idempotent: a venv that imports fine is left alone. Run as root on Debian 12 (after provision-slurm.sh).
+set -euo pipefail
+
+CACHE_ROOT="${PANDA_CI_CACHE:-/var/cache/pandapilot-ci}"
+PYTHON="${PANDA_CI_PYTHON:-python3.11}"
+COMMIT=d561b72f
+UPSTREAM="https://github.com/HSF/harvester/archive/${COMMIT}.tar.gz"
+VENV="$CACHE_ROOT/venv-harvester"
+log() { printf '[provision-harvester] %s\n' "$*"; }
+
+if [[ "$(id -u)" != "0" ]]; then
+    log "must run as root"; exit 1
+fi
+
+venv_ok() {
+    [[ -x "$VENV/bin/python" ]] || return 1
+    local site
+    site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    PYTHONPATH="$site/pandacommon:$site" "$VENV/bin/python" - <<'PY' >/dev/null 2>&1
+import os, sys
+from importlib.metadata import version
+assert version("pandaharvester") == "0.7.5"
+import pandaharvester.harvesterbody.master  # noqa: F401
+import pandaharvester.harvestersubmitter.slurm_submitter  # noqa: F401
+assert os.path.isfile(os.path.join(sys.prefix, "etc", "panda", "panda_common.cfg.rpmnew"))
+PY
+}
+
+if venv_ok; then
+    log "venv $VENV ok"; exit 0
+fi
+source=${HARVESTER_SOURCE:-/work/shared/third_party/harvester/harvester-${COMMIT}.tar.gz}
+if [[ ! -f $source ]]; then
+    log "no local copy of Harvester ${COMMIT}: using $UPSTREAM"
+    source=$UPSTREAM
+fi
+mkdir -p "$CACHE_ROOT/pip-cache"
+PY_REAL="$("$(command -v "$PYTHON")" -c 'import sys; print(sys.executable)')"
+log "building $VENV from $source"
+rm -rf "$VENV"
+"$PY_REAL" -m venv "$VENV"
+pip_quiet() {
+    "$VENV/bin/python" -m pip install -q --cache-dir "$CACHE_ROOT/pip-cache" "$@" 2>&1 \
+        | grep -v -e "is ignored: it is neither a file nor a directory" || true
+}
+pip_quiet --upgrade pip setuptools wheel
+pip_quiet "$source"
+venv_ok || { log "venv $VENV failed its import check"; exit 1; }
+log "venv $VENV ready"
