@@ -68,3 +68,9 @@ def rucio_server(xrootd_server: xrootd.XRootDServer) -> Iterator[rucio.RucioServ
     finally:
         server.stop()
         shutil.rmtree(server.base, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    """Tests that load gfal2 (XRootD's client) into this process run last: a process forked from one
+    holding the client's threads may hang before its exec, so no other test forks after them."""
+    items.sort(key=lambda item: "gfal" in item.nodeid)
