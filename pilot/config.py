@@ -38,6 +38,11 @@ class QueueConfig:
     maxinputsize: int = 0  # MB of inputs a job may bring in; 0: no limit
     maxinputsize_overrides: list = field(default_factory=list)  # [{taskID|processingType|dataset, maxinputsize}]
     allowdirectaccess: bool = False
+    filestager: bool = False  # inputs are fetched by the payload's file stager, one ahead (not by the pilot)
+    trace_url: str = ""  # Rucio's trace endpoint (http(s)://host/traces/): one trace per file transfer
+    rucio_register: bool = False  # the rucio mover registers its uploads (default: upload only)
+    rucio_python: str = ""  # the interpreter with rucio-clients (default: python3 after copysetup)
+    gfal2_path: str = ""  # a directory holding the gfal2 Python module, when the pilot cannot import it
     lfchost: str = ""  # the LFC file catalogue (rfcp mover)
     lfcpath: str = ""  # its path for this queue's files (default /grid/atlas)
     castor_svcclass: str = ""  # "prefix^class" pairs: CASTOR service class by path (castor, rfcp movers)

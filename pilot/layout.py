@@ -34,6 +34,7 @@ JOB_REPORT = "jobReport.json"  # written by the payload, read by the pilot
 TMP = "tmp"  # the payload's TMPDIR
 INPUT_MANIFEST = "pilot_inputs.json"  # written by stage-in: each input's local path or TURL
 POOL_FILE_CATALOG = "PoolFileCatalog.xml"  # written by stage-in when an input is read directly
+FILESTAGER_LIST = "filestager.json"  # written by stage-in for the payload's file stager (queue `filestager`)
 PAYLOAD_DIR = "work"  # the payload's part of the job's work dir
 WRAPPER = "payload.sh"  # starts the payload under its account
 PROXY_DIR = "proxy"  # the user's proxy, the pilot's copy
@@ -45,8 +46,8 @@ RECOVERY_LOCK = "recovery.lock"  # held by the pilot recovering this job (O_EXCL
 JOURNAL_ASIDE = (f"{JOURNAL}.corrupt", f"{JOURNAL}.exhausted")
 
 RESERVED = frozenset({JOURNAL, JOURNAL_FILES, JOB_DEFINITION, PILOT_LOG, STDOUT, STDERR, TMP, INPUT_MANIFEST,
-                      RECOVERY_LOCK, *JOURNAL_ASIDE, JOB_REPORT, PAYLOAD_DIR, WRAPPER, PROXY_DIR, CRED_DIR,
-                      RELEASE_WRAPPER, SETUP_LOG})
+                      FILESTAGER_LIST, RECOVERY_LOCK, *JOURNAL_ASIDE, JOB_REPORT, PAYLOAD_DIR, WRAPPER, PROXY_DIR,
+                      CRED_DIR, RELEASE_WRAPPER, SETUP_LOG})
 # Files that change because the pilot works, not the payload: the looping check ignores them.
 PILOT_OWN = frozenset({JOURNAL, JOURNAL_FILES, PILOT_LOG, RECOVERY_LOCK})
 

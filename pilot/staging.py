@@ -39,10 +39,12 @@ from xml.sax.saxutils import quoteattr
 
 from pilot.config import QueueConfig
 from pilot.errors import ErrorCode, PilotError
+from pilot.filestager import hand_over
 from pilot.fsutil import UntrustedFile, atomic_write, open_untrusted
 from pilot.job import FileSpec, Job
 from pilot.journal import Journal
-from pilot.layout import INPUT_MANIFEST, POOL_FILE_CATALOG
+from pilot.layout import FILESTAGER_LIST, INPUT_MANIFEST, POOL_FILE_CATALOG
+from pilot.traces import Tracer
 from sitemovers.base import (
     Direction,
     Expected,
@@ -136,6 +138,7 @@ class Stager:
         self.cancel = cancel
         self.sleep = sleep
         self.hooks = list(hooks)
+        self.tracer = Tracer(queue.name, queue.trace_url)
 
     # --- movers and URLs ------------------------------------------------------------------------------
     def movers(self, direction: Direction) -> list[SiteMover]:
@@ -166,15 +169,22 @@ class Stager:
     # --- the two directions -------------------------------------------------------------------------
     def stage_in(self, job: Job, workdir: Path, journal: Journal) -> list[Transferred]:
         todo = [spec for spec in job.inputs if not journal.file_info("in", spec.lfn)]
+        self.tracer.job(job.panda_id, job.is_analysis)
         pending = {spec.lfn for spec in todo}
         items = [StageItem(spec, self.url(spec) if spec.lfn in pending else "", str(workdir / spec.lfn),
                            Expected(spec.fsize, spec.checksum, spec.guid, spec.lfn)) for spec in job.inputs]
-        done = self.transfer(Direction.IN, items, journal, direct=wants_direct(job, self.queue))
+        # The file stager (queue `filestager`): inputs are left remote like direct access, and their TURLs
+        # and the mover are handed to the payload, which fetches them one ahead (pilot/filestager.py).
+        direct = self.queue.filestager or wants_direct(job, self.queue)
+        done = self.transfer(Direction.IN, items, journal, direct=direct)
         write_manifest(workdir, job, done)
+        if self.queue.filestager:
+            hand_over(workdir / FILESTAGER_LIST, done, self.movers(Direction.IN))
         return done
 
     def stage_out(self, job: Job, files: list[tuple[FileSpec, Path]], journal: Journal) -> list[Transferred]:
         path = self.queue.sepath if job.is_analysis else self.queue.seprodpath
+        self.tracer.job(job.panda_id, job.is_analysis)
         items = []
         for spec, local in files:
             dest = self.url(spec, path) if not journal.file_info("out", spec.lfn) else ""
@@ -237,7 +247,9 @@ class Stager:
         else:
             item.expected, identity = self._check_output(item)
         if result is None:
-            result = self._with_movers(direction, item, movers)
+            with self.tracer.transfer(direction.value, item.spec, item.source if direction is Direction.IN
+                                      else item.dest, movers[0].name):
+                result = self._with_movers(direction, item, movers)
             if direction is Direction.IN and result.outcome is Outcome.COPIED:
                 for hook in self.hooks:
                     _safely(hook.after_get, item, Path(result.location))
@@ -267,6 +279,7 @@ class Stager:
                     log.warning("no TURL for %s from %s: %s", item.spec.lfn, mover.name, exc.diag)
                     continue
                 log.info("stage-in %s: direct access %s (%s)", item.spec.lfn, turl, mover.name)
+                self.tracer.send(self.tracer.new("in", item.spec, turl, mover.name).finish("FOUND_ROOT"))
                 return TransferResult(turl, item.spec.fsize or 0, item.spec.checksum, Outcome.DIRECT)
         return None
 

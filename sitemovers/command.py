@@ -74,6 +74,8 @@ def run(argv: list[str], *, setup: str = "", timeout: float = 600.0, cancel: Opt
     """Run `argv` (after sourcing `setup`), bounded in time; raise TransferError unless it exits in `ok`."""
     if not argv:
         raise ValueError("empty command")
+    if cancel is not None and cancel.is_set():  # a tool that ends before the first look would not see it
+        raise TransferError(Failure.CANCELLED, f"{argv[0]} not started: transfer interrupted")
     full = ["bash", "-c", _WRAPPER, "pilot-mover", setup, *argv] if setup else list(argv)
     started = time.monotonic()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:

@@ -14,6 +14,10 @@ GROUP = "pilot.sitemovers"
 # What this distribution ships, so a checkout that is not pip-installed still finds its own movers.
 BUILTIN = {
     "local": "sitemovers.local:LocalSiteMover",
+    "xrootd": "sitemovers.xrootd:XRootDSiteMover",
+    "gfal": "sitemovers.gfal:GfalSiteMover",
+    "rucio": "sitemovers.rucio:RucioSiteMover",
+    "dq2": "sitemovers.rucio:RucioSiteMover",  # the lineage's name of the family Rucio succeeded
     "lsm": "sitemovers.local:LsmSiteMover",
     "castor": "sitemovers.castor:CastorSiteMover",
     "rfcp": "sitemovers.castor:RfcpLfcSiteMover",

@@ -1,9 +1,12 @@
 """Session-wide fixtures shared by several test directories: the pilot's bundle, built once by the real
-build command, and a single-node Slurm on loopback, started once and stopped by PID."""
+build command; a single-node Slurm on loopback; real storage servers on loopback (tests/servers/: XRootD
+and Rucio). Each server is started once per test session on first use and stopped by PID; a test that
+needs one is skipped, saying why, only when its software is not installed (.ci/provision-*.sh)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -11,6 +14,7 @@ from typing import Iterator
 import pytest
 
 from tests.integration.slurm import SlurmCluster, missing_programs
+from tests.servers import rucio, xrootd
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -38,3 +42,35 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def xrootd_server() -> Iterator[xrootd.XRootDServer]:
+    missing = xrootd.available()
+    if missing:
+        pytest.skip(missing)
+    server = xrootd.launch()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(server.base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def rucio_server(xrootd_server: xrootd.XRootDServer) -> Iterator[rucio.RucioServer]:
+    missing = rucio.available()
+    if missing:
+        pytest.skip(missing)
+    server = rucio.launch(xrootd_server)
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(server.base, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    """Tests that load gfal2 (XRootD's client) into this process run last: a process forked from one
+    holding the client's threads may hang before its exec, so no other test forks after them."""
+    items.sort(key=lambda item: "gfal" in item.nodeid)

@@ -177,6 +177,15 @@ FAMILIES = {
 }
 
 
+def _storage_families() -> dict:
+    from tests.movers.storage_families import STORAGE_FAMILIES  # real servers: tests/servers/
+
+    return STORAGE_FAMILIES
+
+
+FAMILIES.update(_storage_families())
+
+
 @pytest.fixture(params=sorted(FAMILIES))
 def family(request, tmp_path) -> Family:
     return FAMILIES[request.param](request, tmp_path)
