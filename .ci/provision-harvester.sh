@@ -21,16 +21,27 @@ fi
 
 venv_ok() {
     [[ -x "$VENV/bin/python" ]] || return 1
-    local site
-    site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-    PYTHONPATH="$site/pandacommon:$site" "$VENV/bin/python" - <<'PY' >/dev/null 2>&1
+    local site home rc=0
+    site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') || return 1
+    # Harvester's modules read their configuration at import: a throw-away PANDA_HOME with the shipped templates
+    home=$(mktemp -d)
+    mkdir -p "$home/etc/panda"
+    for template in "$VENV"/etc/panda/*.cfg.rpmnew; do
+        [[ -f $template ]] && cp "$template" "$home/etc/panda/$(basename "$template" .rpmnew)"
+    done
+    [[ -f $home/etc/panda/panda_common.cfg ]] && sed -i "s#^logdir *=.*#logdir = $home#" "$home/etc/panda/panda_common.cfg"
+    PANDA_HOME="$home" PYTHONPATH="$site/pandacommon:$site" "$VENV/bin/python" - <<'PY' >/dev/null 2>&1 || rc=1
 import os, sys
 from importlib.metadata import version
+from importlib.util import find_spec
 assert version("pandaharvester") == "0.7.5"
-import pandaharvester.harvesterbody.master  # noqa: F401
+assert find_spec("pandaharvester.harvesterbody.master") is not None
 import pandaharvester.harvestersubmitter.slurm_submitter  # noqa: F401
+import pandaharvester.harvestermonitor.slurm_bulk_monitor  # noqa: F401
 assert os.path.isfile(os.path.join(sys.prefix, "etc", "panda", "panda_common.cfg.rpmnew"))
 PY
+    rm -rf "$home"
+    return $rc
 }
 
 if venv_ok; then
