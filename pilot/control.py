@@ -84,6 +84,7 @@ class Control:
         self._pipe = write_end
 
         def relay() -> None:
+            signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)  # the kernel delivers them elsewhere
             while True:
                 readable, _, _ = select.select([read_end], [], [], poll)
                 if readable:
