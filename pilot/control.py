@@ -94,6 +94,9 @@ class Control:
                         pass
                 self.relay_pending()
 
+        # a parent may have left these signals blocked (the mask is inherited across exec): a blocked
+        # SIGTERM would never reach the pilot. Unblocked here, before the relay thread inherits the mask.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
         threading.Thread(target=relay, name="signal-relay", daemon=True).start()
         for signum in HANDLED_SIGNALS:
             signal.signal(signum, self._handler)

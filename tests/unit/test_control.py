@@ -72,3 +72,19 @@ def test_bytes_in_the_relay_pipe_are_no_signal_and_a_later_sigterm_still_arrives
     finally:
         pilot.kill()
         pilot.wait()
+
+
+def test_a_sigterm_blocked_by_the_pilots_parent_still_arrives():
+    """The signal mask is inherited across exec: a parent that left SIGTERM blocked must not make the pilot
+    deaf to it."""
+    pilot = subprocess.Popen([sys.executable, "-c", PILOT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True, preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM}))
+    try:
+        assert pilot.stdout.readline().strip() == "ready"
+        pilot.stdin.write("go\n")
+        pilot.stdin.flush()
+        assert pilot.stdout.readline().strip() == "running"
+        assert pilot.stdout.readline().strip() == f"stopped=True signum={int(signal.SIGTERM)} kill=1201"
+    finally:
+        pilot.kill()
+        pilot.wait()
