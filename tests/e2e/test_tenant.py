@@ -232,6 +232,7 @@ def run(request, accounts, proxies, tmp_path_factory) -> Iterator[Run]:
             t.job(7, "id -u > uid-7.txt", ("uid-7.txt",), user=TWO)
             t.job(8, "echo ran > ran-8.txt", ("ran-8.txt",), user="unmapped")
             t.job(9, "echo ran > ran-9.txt", ("ran-9.txt",), user="expired")
+        t.job(11, "echo ran > ran-11.txt; exit 200", ("ran-11.txt",))  # the wrapper's refusal code, its own
         t.job(10, 'echo "$RELEASE_MARK $(id -u)" > release-10.txt', ("release-10.txt",), swRelease="21.0.15",
               cmtConfig="x86_64-el9-gcc13-opt")
         result = t.run()
@@ -374,6 +375,28 @@ def test_expired_user_proxy_fails_the_job_and_runs_nothing(run: Run) -> None:
     final = run.t.final(9)
     assert final["pilot_error_code"] == ErrorCode.NO_PROXY and "expired" in final["pilot_error_diag"]
     assert not (run.t.site.se / "out" / "scope" / "ran-9.txt").exists()
+
+
+def test_a_payload_exiting_with_the_wrappers_refusal_code_is_a_payload_failure(run: Run) -> None:
+    final = run.t.final(11)
+    assert final["pilot_error_code"] == ErrorCode.PAYLOAD_FAILED and final["trans_exit_code"] == 200, final
+    assert "code 200" in final["pilot_error_diag"]
+
+
+def test_a_switch_that_does_not_happen_is_refused_by_the_wrapper(accounts, proxies, open_root) -> None:
+    """A uid_command that runs the wrapper as the pilot's account (it does not switch): the wrapper
+    refuses, the job fails with the identity code, and the payload never runs."""
+    _needs("uid")
+    t = make_site("uid", open_root, proxies)
+    t.site.queue_settings["uid_command"] = "env PANDA_WOULD_BE={user}"
+    marker = open_root / "ran-as-the-pilot"
+    t.job(40, f"touch {marker}; exit 200")
+    result = t.run()
+    assert result.returncode == ExitCode.OK, result.stdout + result.stderr
+    final = t.final(40)
+    assert final["pilot_error_code"] == ErrorCode.GLEXEC and "did not run" in final["pilot_error_diag"], \
+        (final["pilot_error_diag"], result.stderr[-3000:])
+    assert not marker.exists()
 
 
 def test_nothing_of_the_payload_is_left_after_cleanup(run: Run) -> None:
