@@ -12,6 +12,7 @@ payload failure with its own exit code, never taken for a refusal.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shlex
@@ -28,6 +29,8 @@ from pilot.fsutil import read_capped
 from pilot.job import Job
 from pilot.layout import JobDir
 from pilot.userproxy import copy_for
+
+log = logging.getLogger(__name__)
 
 WRAPPER_REFUSED = 200  # the wrapper's exit code when it finds itself running as the pilot's account
 REFUSED = b"refused"  # what it writes into the wrapper status file then
@@ -65,6 +68,8 @@ class Launcher(ABC):
             dirs.wrapper.unlink()
         except FileNotFoundError:
             pass
+        except OSError as exc:  # a job dir turned read-only: the job fails for that, never the pilot
+            log.warning("wrapper %s not removed: %s", dirs.wrapper, exc.strerror or exc)
 
 
 class NoSwitch(Launcher):
