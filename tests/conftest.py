@@ -9,10 +9,11 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
+from tests.accounts import made_accounts
 from tests.integration.slurm import SlurmCluster, missing_programs
 from tests.servers import rucio, xrootd
 
@@ -26,6 +27,15 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from launch.build import build
 
     return build(tmp_path_factory.mktemp("bundle") / "pandapilot.pyz").path
+
+
+@pytest.fixture(scope="session")
+def accounts() -> Iterator[dict[str, Any]]:
+    """Two test accounts (tests/accounts.py), made once per session as root; none otherwise."""
+    if os.geteuid() != 0:
+        yield {}
+        return
+    yield from made_accounts()
 
 
 @pytest.fixture(scope="session")

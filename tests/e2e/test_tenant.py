@@ -10,12 +10,10 @@ import datetime
 import json
 import os
 import pwd
-import re
 import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,14 +24,11 @@ import pytest
 
 from pilot.errors import ErrorCode, ExitCode
 from pilot.proctrack import cgroup_parent
+from tests.accounts import DN, ONE, TWO, USERS
 from tests.e2e.conftest import Site, pids_alive, stop_pilot, wait_for
 
 ROOT = os.geteuid() == 0
 STANDIN = Path(__file__).resolve().parents[1] / "standins" / "glexec"
-# Test accounts, named after this test session (several may run on one machine at once).
-ONE, TWO = f"pt{os.getpid()}a", f"pt{os.getpid()}b"
-USERS = (ONE, TWO)
-DN = {ONE: "/DC=org/DC=pandapilot-test/CN=Tenant One", TWO: "/DC=org/DC=pandapilot-test/CN=Tenant Two"}
 UNMAPPED_DN = "/DC=org/DC=elsewhere/CN=Nobody Known"
 MODES = ["none", "uid", "glexec", "bwrap", "sandbox"]  # bwrap: uid in a sandbox; sandbox: same uid in one
 SWITCHED = ["uid", "glexec", "bwrap"]
@@ -47,35 +42,7 @@ def _needs(mode: str) -> None:
         pytest.skip("bubblewrap is not installed (.ci/provision-tenant.sh installs it)")
 
 
-# --- accounts and proxies --------------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def accounts() -> Iterator[dict[str, pwd.struct_passwd]]:
-    if not ROOT:
-        yield {}
-        return
-    for entry in pwd.getpwall():  # accounts of test sessions that were killed before their teardown
-        session = re.fullmatch(r"pt(\d+)[ab]", entry.pw_name)
-        if session and not psutil.pid_exists(int(session.group(1))):
-            _account_tool(["userdel", entry.pw_name])
-    for name in USERS:
-        _account_tool(["useradd", "--no-create-home", "--home-dir", f"/home/{name}", "--shell", "/bin/bash",
-                       "--user-group", name])
-    yield {name: pwd.getpwnam(name) for name in USERS}
-    for name in USERS:
-        subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)  # only this session's accounts
-        _account_tool(["userdel", name])
-
-
-def _account_tool(argv: list[str]) -> None:
-    """useradd / userdel, waiting for /etc/passwd's lock while another session holds it."""
-    for _ in range(60):
-        done = subprocess.run(argv, capture_output=True, text=True)
-        if done.returncode == 0 or "lock" not in done.stderr:
-            break
-        time.sleep(0.5)
-    assert done.returncode == 0, f"{argv}: {done.stderr}"
-
-
+# --- proxies (the accounts are tests/accounts.py's, made by the session fixture `accounts`) -------------
 def make_proxy(dn: str, expired: bool = False) -> str:
     """An X.509 proxy (certificate and key in one PEM) for `dn`, with an RFC 3820 proxy CN."""
     from cryptography import x509
