@@ -10,8 +10,8 @@ from typing import Any, Optional
 from pilot.config import PilotConfig, QueueConfig
 from pilot.control import Control
 from pilot.dispatcher.base import Dispatcher
-from pilot.identity import Launcher
 from pilot.journal import current_owner
+from pilot.launcher import Launcher
 from pilot.node import NodeInfo
 from pilot.pcache import Pcache
 from sitemovers.registry import Registry

@@ -36,10 +36,11 @@ from pilot.diskspace import give_back_reserve, local_space_error
 from pilot.dispatcher.base import DispatcherError, FailureKind
 from pilot.errors import ErrorCode, PilotError
 from pilot.heartbeat import Heartbeat, Reporter
-from pilot.identity import Launcher, make_launcher
+from pilot.identity import make_launcher
 from pilot.inputpolicy import check_inputs
 from pilot.job import Job, parse_job
 from pilot.journal import Journal
+from pilot.launcher import Launcher
 from pilot.layout import JobDir
 from pilot.monitor import Limits, Monitor, watch
 from pilot.payload import Payload, build_command, cores_for, payload_env, process_identity
@@ -60,6 +61,7 @@ from pilot.report import (
     JobFacts,
     final_report,
     job_log,
+    journal_note,
     last_line,
     make_log_tarball,
     moved_bytes,
@@ -302,7 +304,7 @@ class JobRun:
         if wrapped:
             log_setup_output(dirs.setup_log)
         failed_setup = setup_failure(dirs.setup_log, self.exit_code) if wrapped and self.exit_code else None
-        launcher_error = self.launcher.exit_error(self.exit_code)
+        launcher_error = self.launcher.exit_error(self.exit_code, dirs)
         if reason is not None:
             self._fail(reason)
         elif launcher_error is not None:
@@ -349,6 +351,9 @@ class JobRun:
         if self.journal.final is not None:
             self.report = FinalReport.from_owed(self.job.panda_id, self.job.attempt_nr, self.journal.final)
         else:
+            if self.journal.save_failures:  # a pilot dying meanwhile would have left a stale journal
+                log.warning("job %d: %s; the report says so", self.job.panda_id,
+                            journal_note(self.journal.save_failures, self.journal.save_error))
             self.report = final_report(self._facts())
             if self.error is None and self.report.state == "failed":  # the report itself could not be made
                 self.error = _error_of(self.report.error_code, self.report.fields.get("pilot_error_diag"))

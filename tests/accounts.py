@@ -1,39 +1,46 @@
-"""Test accounts for switched identities (root only): named after this test session, as several sessions may
-run on one machine at once. tests/conftest.py's session fixture `accounts` makes them and removes them."""
+"""Test accounts and user proxies for the payload-isolation tests (tests/e2e/test_tenant.py and the
+integration tests that switch identity). Accounts are named `pt<pid of this test session><letter>`, so
+that several sessions may run on one machine; a session's accounts are removed at its end, and those of
+a session that was killed before its teardown by the next one."""
 
 from __future__ import annotations
 
+import datetime
 import os
 import pwd
 import re
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psutil
 
-ONE, TWO = f"pt{os.getpid()}a", f"pt{os.getpid()}b"
-USERS = (ONE, TWO)
-DN = {ONE: "/DC=org/DC=pandapilot-test/CN=Tenant One", TWO: "/DC=org/DC=pandapilot-test/CN=Tenant Two"}
+
+def account_name(letter: str) -> str:
+    return f"pt{os.getpid()}{letter}"
 
 
-def made_accounts() -> Iterator[dict[str, pwd.struct_passwd]]:
-    """Make the accounts (after removing those of test sessions killed before their teardown), yield them,
-    then end their processes and remove them."""
-    for entry in pwd.getpwall():
-        session = re.fullmatch(r"pt(\d+)[ab]", entry.pw_name)
+@contextmanager
+def made_accounts(*letters: str) -> Iterator[dict[str, pwd.struct_passwd]]:
+    """Accounts of this session (root only), removed at the end with whatever of them still runs."""
+    for entry in pwd.getpwall():  # accounts of test sessions that were killed before their teardown
+        session = re.fullmatch(r"pt(\d+)[a-z]", entry.pw_name)
         if session and not psutil.pid_exists(int(session.group(1))):
-            _account_tool(["userdel", entry.pw_name])
-    for name in USERS:
-        _account_tool(["useradd", "--no-create-home", "--home-dir", f"/home/{name}", "--shell", "/bin/bash",
-                       "--user-group", name])
-    yield {name: pwd.getpwnam(name) for name in USERS}
-    for name in USERS:
-        subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)  # only this session's accounts
-        _account_tool(["userdel", name])
+            account_tool(["userdel", entry.pw_name])
+    names = [account_name(letter) for letter in letters]
+    for name in names:
+        account_tool(["useradd", "--no-create-home", "--home-dir", f"/home/{name}", "--shell", "/bin/bash",
+                      "--user-group", name])
+    try:
+        yield {name: pwd.getpwnam(name) for name in names}
+    finally:
+        for name in names:
+            subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)  # only this session's accounts
+            account_tool(["userdel", name])
 
 
-def _account_tool(argv: list[str]) -> None:
+def account_tool(argv: list[str]) -> None:
     """useradd / userdel, waiting for /etc/passwd's lock while another session holds it."""
     for _ in range(60):
         done = subprocess.run(argv, capture_output=True, text=True)
@@ -41,3 +48,25 @@ def _account_tool(argv: list[str]) -> None:
             break
         time.sleep(0.5)
     assert done.returncode == 0, f"{argv}: {done.stderr}"
+
+
+def make_proxy(dn: str, expired: bool = False) -> str:
+    """An X.509 proxy (certificate and key in one PEM) for `dn`, with an RFC 3820 proxy CN."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    oids = {"DC": NameOID.DOMAIN_COMPONENT, "CN": NameOID.COMMON_NAME}
+    parts = [part.split("=", 1) for part in dn.strip("/").split("/")] + [["CN", "2718281828"]]
+    name = x509.Name([x509.NameAttribute(oids[k], v) for k, v in parts])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    start, end = (now - datetime.timedelta(days=2), now - datetime.timedelta(days=1)) if expired else \
+        (now - datetime.timedelta(minutes=5), now + datetime.timedelta(hours=12))
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(start).not_valid_after(end)
+            .sign(key, hashes.SHA256()))
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                serialization.NoEncryption())
+    return (cert.public_bytes(serialization.Encoding.PEM) + key_pem).decode()

@@ -31,11 +31,13 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def accounts() -> Iterator[dict[str, Any]]:
-    """Two test accounts (tests/accounts.py), made once per session as root; none otherwise."""
+    """Two test accounts, `account_name("a")` and `("b")` (tests/accounts.py), made once per session as root
+    and removed at its end; none otherwise."""
     if os.geteuid() != 0:
         yield {}
         return
-    yield from made_accounts()
+    with made_accounts("a", "b") as made:
+        yield made
 
 
 @pytest.fixture(scope="session")

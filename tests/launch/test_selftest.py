@@ -17,13 +17,15 @@ import pytest
 
 from launch.build import build
 from pilot.sitebuilder import Site
-from tests.accounts import DN, ONE
+from tests.accounts import account_name
 from tests.launch.conftest import REPO, node_python
 from tests.servers.common import free_port
 from tests.servers.xrootd import XRootDServer
 
 QUICK = "success,payload failure,looping kill,site movers,many small files,other identity"
 PRODUCTION = "0.0.9"
+ONE = account_name("a")  # made by the session fixture `accounts` (root)
+DN_ONE = "/DC=org/DC=pandapilot-test/CN=Tenant One"
 
 
 def selftest(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -186,7 +188,7 @@ def open_dir() -> Iterator[Path]:
 
 def identity_queue(root: Path, account: str) -> str:
     mapfile = root / "grid-mapfile"
-    mapfile.write_text(f'"{DN[ONE]}" {account}\n')
+    mapfile.write_text(f'"{DN_ONE}" {account}\n')
     mapfile.chmod(0o644)
     return queue_file(root, identity="uid", grid_mapfile=str(mapfile))
 
@@ -198,7 +200,7 @@ def test_the_payload_runs_as_the_mapped_account(accounts, open_dir: Path) -> Non
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     assert rows(result.stdout)["other identity"][0] == "pass"
     assert f"other identity [installed]: pass: payload ran as {ONE} (uid {accounts[ONE].pw_uid}), the account " \
-        f"{DN[ONE]} maps to" in result.stdout
+        f"{DN_ONE} maps to" in result.stdout
 
 
 def test_a_broken_mapping_fails_with_its_reason(accounts, open_dir: Path) -> None:
