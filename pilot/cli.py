@@ -17,8 +17,10 @@ from pilot import __version__
 from pilot.config import PilotConfig, QueueConfig
 from pilot.errors import ExitCode
 from pilot.versiontag import job_label, parse_tag, pilot_id_field
+from pilot.workarea import WorkArea
 
 if TYPE_CHECKING:
+    from pilot.control import Control
     from pilot.jobrun import PilotContext
     from pilot.pcache import Pcache
     from sitemovers.registry import Registry
@@ -217,13 +219,6 @@ def run_pilot(config: PilotConfig, recover_only: bool = False, registry: Optiona
     loop (or only the recovery); returns the exit code. `registry`: the site movers (default: those
     installed, by entry point)."""
     from pilot.control import Control
-    from pilot.dispatcher import make_dispatcher
-    from pilot.dispatcher.base import DispatcherError
-    from pilot.jobrun import PilotContext
-    from pilot.loop import Pilot
-    from pilot.node import NodeInfo
-    from pilot.proctrack import become_subreaper
-    from sitemovers.registry import Registry
 
     started = time.time()
     control = Control()
@@ -234,10 +229,29 @@ def run_pilot(config: PilotConfig, recover_only: bool = False, registry: Optiona
         log.error("%s", exc)
         return ExitCode.GENERAL
     try:
-        config.workdir.mkdir(parents=True, exist_ok=True)
+        area = WorkArea.hold(config.workdir)
     except OSError as exc:
-        log.error("cannot create the work directory %s: %s", config.workdir, exc.strerror)
+        log.error("cannot create the work directory %s: %s", config.workdir, exc.strerror or exc)
         return ExitCode.MKDIR
+    try:
+        code = _run_held(config, queue, control, started, recover_only, registry)
+    finally:
+        area.release()
+    log.info("pilot exits with code %d", code)
+    return code
+
+
+def _run_held(config: PilotConfig, queue: QueueConfig, control: Control, started: float, recover_only: bool,
+              registry: Optional[Registry]) -> int:
+    """run_pilot's part while the work directory is held."""
+    from pilot.dispatcher import make_dispatcher
+    from pilot.dispatcher.base import DispatcherError
+    from pilot.jobrun import PilotContext
+    from pilot.loop import Pilot
+    from pilot.node import NodeInfo
+    from pilot.proctrack import become_subreaper
+    from sitemovers.registry import Registry
+
     if not become_subreaper():
         log.warning("cannot become a child subreaper: payload processes are tracked by polling only")
     lifetime = config.lifetime or queue.maxtime
@@ -266,11 +280,6 @@ def run_pilot(config: PilotConfig, recover_only: bool = False, registry: Optiona
         dispatcher.close()
         if pcache is not None:
             pcache.close()
-        try:
-            config.workdir.rmdir()  # only when empty: job dirs left behind are kept for recovery
-        except OSError:
-            pass
-    log.info("pilot exits with code %d", code)
     return code
 
 
