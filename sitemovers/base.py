@@ -17,7 +17,10 @@ Subclass `SiteMover`, set `name` and the capability attributes, and implement th
   `put()` wraps it: `stat(tmp_url)` must then report the same size (and checksum, when the storage
   reports one: `server_checksum`), then `rename(tmp_url, destination)` publishes it, refusing to
   replace an existing file; `remove(tmp_url)` cleans up on any failure.
-- `stat(url) -> Optional[RemoteFile]` (None: no such file), `remove(url)`, `rename(src_url, dst_url)`.
+- `stat(url) -> Optional[RemoteFile]` (None: no such file), `remove(url)`, and `_rename(src_url, dst_url)`,
+  the storage's own rename. `rename()` wraps it: unless the family's primitive itself refuses to replace
+  a file (`rename_noreplace`, e.g. a hard link), the target is stat'ed first and an existing file is
+  never replaced (Failure.EXISTS).
 - optionally `turl(url)` (direct_read movers), `prepare(urls)` / `poll(urls)` (prepare_phase movers).
 A family whose storage cannot rename (an upload API that registers the file, say) overrides `put()`
 itself and keeps the contract: nothing under the final name until verified.
@@ -187,6 +190,7 @@ class SiteMover(ABC):
     needs_setup: ClassVar[bool] = False  # its tools need the queue's copysetup sourced first
     bulk: ClassVar[bool] = False  # one call can move many files
     prepare_phase: ClassVar[bool] = False  # prepare()/poll() before any copy (tape, stager latency)
+    rename_noreplace: ClassVar[bool] = False  # _rename() itself refuses an existing target (no stat needed)
 
     def __init__(self, settings: Optional[MoverSettings] = None) -> None:
         self.settings = settings or MoverSettings()
@@ -260,9 +264,20 @@ class SiteMover(ABC):
     def remove(self, url: str) -> None:
         """Remove `url`; no error when it does not exist."""
 
-    @abstractmethod
     def rename(self, src_url: str, dst_url: str) -> None:
-        """Publish `src_url` as `dst_url`, refusing (Failure.EXISTS) to replace an existing file."""
+        """Publish `src_url` as `dst_url`, refusing (Failure.EXISTS) to replace an existing file.
+
+        Most storages' rename replaces its target (XRootD's mv, gfal2 on root:// and dav://, rfrename):
+        the target is looked at first. (A writer racing between the look and the rename would be another
+        pilot with the very same output: not expected.)"""
+        if not self.rename_noreplace and self.stat(dst_url) is not None:
+            raise TransferError(Failure.EXISTS, f"{dst_url}: already exists, not replaced")
+        self._rename(src_url, dst_url)
+
+    @abstractmethod
+    def _rename(self, src_url: str, dst_url: str) -> None:
+        """The storage's rename of `src_url` to `dst_url` (`rename()` has made sure there is no target,
+        unless `rename_noreplace` says this primitive refuses one itself)."""
 
     def turl(self, url: str) -> str:
         """The URL the payload opens to read `url` directly (direct_read movers)."""

@@ -8,15 +8,18 @@ with the adler32 of the catalogue verified by the client; outputs are uploaded w
 
 The client is not imported into the pilot: rucio-clients pins its own requests/urllib3 and lives in the
 site's environment (its setup script, `copysetup`, puts it on PATH with its RUCIO_CONFIG or RUCIO_HOME).
-Each operation runs `python3 rucio_call.py ...` (`rucio_python` in the queue names another interpreter)
-through the shared command runner, so the setup script, the timeout and the kill on cancel are those of
-every command-line mover, and the answer is one line of JSON.
+Each operation runs `python3 -c <the source of rucio_call.py> ...` (`rucio_python` in the queue names
+another interpreter) through the shared command runner, so the setup script, the timeout and the kill on
+cancel are those of every command-line mover, and the answer is one line of JSON. The source is read as
+package data (`pkgutil.get_data`), so the mover works from the one-file bundle as from a checkout.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import pkgutil
 import re
 import shutil
 import threading
@@ -28,8 +31,16 @@ from sitemovers.checksum import Checksum, ChecksumError, file_checksum
 from sitemovers.command import run, timeout_for
 
 UUID = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
-HELPER = Path(__file__).with_name("rucio_call.py")
 META_TIMEOUT = 120.0
+
+
+@functools.cache
+def helper_source() -> str:
+    """The source of sitemovers/rucio_call.py, wherever the package lives (a directory, a zip archive)."""
+    data = pkgutil.get_data("sitemovers", "rucio_call.py")
+    if data is None:
+        raise TransferError(Failure.SETUP, "sitemovers/rucio_call.py is missing from this installation")
+    return data.decode()
 
 
 def parse_did_url(url: str) -> dict[str, str]:
@@ -49,12 +60,13 @@ class RucioSiteMover(SiteMover):
     direct_read = True
     server_checksum = True
     needs_setup = True
+    rename_noreplace = True  # no rename of its own: the upload client publishes (put() is overridden)
 
     def _call(self, command: str, args: dict[str, Any], timeout: float,
               cancel: Optional[threading.Event] = None) -> dict[str, Any]:
         python = str(self.settings.options.get("rucio_python") or "python3")
         try:
-            done = run([python, str(HELPER), command, json.dumps(args)], setup=self.settings.setup,
+            done = run([python, "-c", helper_source(), command, json.dumps(args)], setup=self.settings.setup,
                        timeout=self.settings.timeout or timeout, cancel=cancel, ok=(0, 1))
         except TransferError as exc:
             raise TransferError(exc.failure, f"rucio {command}: {exc.diag}") from None
@@ -134,7 +146,7 @@ class RucioSiteMover(SiteMover):
     def remove(self, url: str) -> None:
         self._call("remove", parse_did_url(self.rewrite(url)), META_TIMEOUT)
 
-    def rename(self, src_url: str, dst_url: str) -> None:
+    def _rename(self, src_url: str, dst_url: str) -> None:
         raise TransferError(Failure.UNSUPPORTED, "rucio renames inside its own upload")
 
     def turl(self, url: str) -> str:

@@ -1,6 +1,9 @@
 """Run by the site's rucio client Python (not the pilot's): one rucio-clients API call, one JSON answer.
 
-    python3 rucio_call.py {download|upload|stat|remove|turl} '<json arguments>'
+    python3 -c "<this module's source>" {download|upload|stat|remove|turl} '<json arguments>'
+
+The pilot reads this source as package data (it may live inside the one-file bundle, where no path
+names it) and hands it over with `-c`; `python3 rucio_call.py ...` does the same from a checkout.
 
 Standard library and rucio-clients only, so that any interpreter with rucio-clients runs it (the one a
 site's setup script puts on PATH). The answer is one JSON object on the last line of stdout:
@@ -10,11 +13,21 @@ with exit code 1. The client's own traces are off: the pilot sends one trace per
 
 from __future__ import annotations
 
+import os
+import sys
+
+if __name__ == "__main__":
+    # Run with -c, the current directory comes first on sys.path; run as a script, this file's directory
+    # (which holds the pilot's rucio.py). Neither may shadow a module: the client's `rucio` package and
+    # the standard library must win over whatever a work directory holds. (os and sys are loaded already.)
+    _shadows = {os.path.abspath(os.curdir)}
+    if "__file__" in globals():
+        _shadows.add(os.path.dirname(os.path.abspath(__file__)))
+    sys.path[:] = [_entry for _entry in sys.path if os.path.abspath(_entry or os.curdir) not in _shadows]
+
 import json
 import logging
-import os
 import shutil
-import sys
 import tempfile
 from typing import Any
 
@@ -154,10 +167,6 @@ COMMANDS = {"download": download, "upload": upload, "stat": stat, "remove": remo
 
 
 def main(argv: list[str]) -> int:
-    # Run as a script, its own directory comes first on sys.path, and it holds the pilot's rucio.py:
-    # the client's `rucio` package must win.
-    here = os.path.dirname(os.path.abspath(__file__))
-    sys.path[:] = [entry for entry in sys.path if os.path.abspath(entry or os.curdir) != here]
     if len(argv) != 3 or argv[1] not in COMMANDS:
         print(json.dumps({"ok": False, "failure": "unsupported", "diag": f"usage: {argv[0]} "
                           f"{{{'|'.join(COMMANDS)}}} JSON"}))

@@ -122,10 +122,7 @@ class XRootDSiteMover(SiteMover):
             if exc.failure is not Failure.NOT_FOUND:
                 raise
 
-    def rename(self, src_url: str, dst_url: str) -> None:
-        # XRootD's mv replaces an existing target: look first.
-        if self.stat(dst_url) is not None:
-            raise TransferError(Failure.EXISTS, f"{dst_url}: already exists, not replaced")
+    def _rename(self, src_url: str, dst_url: str) -> None:
         server, src_path = split_root_url(self.rewrite(src_url))
         dst_server, dst_path = split_root_url(self.rewrite(dst_url))
         if dst_server != server:
