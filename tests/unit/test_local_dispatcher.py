@@ -194,7 +194,9 @@ def test_eight_pilots_claim_each_of_many_jobs_exactly_once(root):
     LocalDispatcher(root)
     for number in range(1, 1601):
         put_job(root, f"{number}.json", number)
-    context = multiprocessing.get_context("fork")
+    # forkserver, not fork: the test process may hold threads (an in-process pilot's) whose locks a forked child
+    # would inherit held, and hang on
+    context = multiprocessing.get_context("forkserver")
     with context.Pool(8) as pool:
         claimed = pool.map(_drain, [root] * 8)
     everything = [panda_id for one in claimed for panda_id in one]
