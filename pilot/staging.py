@@ -229,7 +229,10 @@ class Stager:
         log.info("%s of %d files in one call (%s)", direction.value, len(items), mover.name)
         traces = [self.tracer.new(direction.value, item.spec, _remote(direction, item), mover.name) for item in items]
         moves = [Move(item.source, item.dest, item.expected) for item in items]
-        done = (mover.get_many if direction is Direction.IN else mover.put_many)(moves, self.cancel)
+        try:
+            done = (mover.get_many if direction is Direction.IN else mover.put_many)(moves, self.cancel)
+        except TransferError as exc:  # the call as a whole: each file then goes on alone
+            done = [exc] * len(items)
         for trace, outcome in zip(traces, done):
             self.tracer.send(trace.finish("FAILED", outcome.diag) if isinstance(outcome, TransferError)
                              else trace.finish("DONE"))

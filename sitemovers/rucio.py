@@ -119,25 +119,30 @@ class RucioSiteMover(SiteMover):
         """All the DIDs in one download call. The client writes <dir>/<name> (through its own temporary
         name): each file gets a private directory beside its final one, so that nothing appears under a
         name the payload could see; what landed is moved to the file's temporary name."""
-        dids, boxes = [], []
-        outcomes: list[RemoteFile | TransferError] = []
+        outcomes: list[Optional[RemoteFile | TransferError]] = [None] * len(moves)
+        asked: list[tuple[int, dict[str, str], Path]] = []
         try:
-            for move in moves:
-                did = parse_did_url(self.rewrite(move.source))
+            for index, move in enumerate(moves):
+                try:
+                    did = parse_did_url(self.rewrite(move.source))
+                except TransferError as exc:
+                    outcomes[index] = exc
+                    continue
                 box = Path(move.dest).with_name(Path(move.dest).name + ".d")
                 box.mkdir(mode=0o700)
-                dids.append(did)
-                boxes.append(box)
-            timeout = timeout_for(sum(m.expected.fsize or 0 for m in moves) or None)
-            files = [{**did, "dir": str(box)} for did, box in zip(dids, boxes)]
-            answers = self._call_many("download", {"files": files, "timeout": timeout}, len(moves),
-                                      timeout + META_TIMEOUT, cancel)
-            for move, did, box, answer in zip(moves, dids, boxes, answers):
-                outcomes.append(answer if isinstance(answer, TransferError) else _landed(move, did, box, answer))
+                asked.append((index, did, box))
+            if asked:
+                timeout = timeout_for(sum(moves[index].expected.fsize or 0 for index, _, _ in asked) or None)
+                files = [{**did, "dir": str(box)} for _, did, box in asked]
+                answers = self._call_many("download", {"files": files, "timeout": timeout}, len(asked),
+                                          timeout + META_TIMEOUT, cancel)
+                for (index, did, box), answer in zip(asked, answers):
+                    outcomes[index] = answer if isinstance(answer, TransferError) else \
+                        _landed(moves[index], did, box, answer)
         finally:
-            for box in boxes:
+            for _, _, box in asked:
                 shutil.rmtree(box, ignore_errors=True)
-        return outcomes
+        return [outcome for outcome in outcomes if outcome is not None]
 
     def send(self, source: Path, tmp_url: str, expected: Expected,
              cancel: Optional[threading.Event]) -> RemoteFile:

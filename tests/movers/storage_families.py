@@ -110,7 +110,8 @@ class Logger(logging.Logger):  # the client calls its logger, and calls its .log
     def __call__(self, level, msg, *args, **kwargs):
         self.log(level, msg, *args, **kwargs)
 path, rse, scope = sys.argv[1:4]
-UploadClient(logger=Logger("place"), tracing=False).upload([{"path": path, "rse": rse, "did_scope": scope, "register_after_upload": True}])
+item = {"path": path, "rse": rse, "did_scope": scope, "register_after_upload": True}
+UploadClient(logger=Logger("place"), tracing=False).upload([item])
 """
 
 
