@@ -239,6 +239,16 @@ class GfalSiteMover(SiteMover):
         with self._context() as ctx:
             ctx.rename(source, dest)
 
+    def listdir(self, dir_url: str) -> list[str]:
+        try:
+            with self._context() as ctx:
+                names = ctx.listdir(wire_url(self.rewrite(dir_url)))
+        except TransferError as exc:
+            if exc.failure is Failure.NOT_FOUND:
+                return []
+            raise
+        return [urllib.parse.unquote(n) if scheme_of(dir_url) in HTTP_SCHEMES else n for n in names]
+
     def turl(self, url: str) -> str:
         rewritten = self.rewrite(url)
         if scheme_of(rewritten) not in ("root", *HTTP_SCHEMES):

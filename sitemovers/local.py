@@ -176,6 +176,14 @@ class LocalSiteMover(SiteMover):
         os.unlink(src)
         _fsync_dir(dst.parent)
 
+    def listdir(self, dir_url: str) -> list[str]:
+        try:
+            return os.listdir(local_path(self.rewrite(dir_url)))
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise os_failure(exc, dir_url) from None
+
     def turl(self, url: str) -> str:
         """The file's path on the mounted storage (POSIX direct access)."""
         return str(local_path(self.rewrite(url)))

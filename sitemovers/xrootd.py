@@ -129,5 +129,16 @@ class XRootDSiteMover(SiteMover):
             raise TransferError(Failure.UNSUPPORTED, f"{src_url} -> {dst_url}: rename across servers")
         self._run(["xrdfs", server, "mv", src_path, dst_path], META_TIMEOUT)
 
+    def listdir(self, dir_url: str) -> list[str]:
+        """`xrdfs ls` prints each entry's full path, one a line (names with a newline cannot be told
+        apart: they are never a partial name of ours and are left alone)."""
+        try:
+            done = self._xrdfs(dir_url, "ls")
+        except TransferError as exc:
+            if exc.failure is Failure.NOT_FOUND:
+                return []
+            raise
+        return [line.rpartition("/")[2] for line in done.stdout.splitlines() if line.strip()]
+
     def turl(self, url: str) -> str:
         return self._url(url)
