@@ -7,30 +7,26 @@
 # configured and started by the tests (SQLite, v1 against the loopback panda-server, Slurm submitter).
 # Idempotent: a venv that imports fine is left alone. Run as root on Debian 12 (after provision-slurm.sh).
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+ci_init provision-harvester
 
-CACHE_ROOT="${PANDA_CI_CACHE:-/var/cache/pandapilot-ci}"
-PYTHON="${PANDA_CI_PYTHON:-python3.11}"
 COMMIT=d561b72f
 UPSTREAM="https://github.com/HSF/harvester/archive/${COMMIT}.tar.gz"
 VENV="$CACHE_ROOT/venv-harvester"
-log() { printf '[provision-harvester] %s\n' "$*"; }
-
-if [[ "$(id -u)" != "0" ]]; then
-    log "must run as root"; exit 1
-fi
 
 venv_ok() {
-    [[ -x "$VENV/bin/python" ]] || return 1
+    local venv="$1"
+    [[ -x "$venv/bin/python" ]] || return 1
     local site home rc=0
-    site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') || return 1
+    site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') || return 1
     # Harvester's modules read their configuration at import: a throw-away PANDA_HOME with the shipped templates
     home=$(mktemp -d)
     mkdir -p "$home/etc/panda"
-    for template in "$VENV"/etc/panda/*.cfg.rpmnew; do
+    for template in "$venv"/etc/panda/*.cfg.rpmnew; do
         [[ -f $template ]] && cp "$template" "$home/etc/panda/$(basename "$template" .rpmnew)"
     done
     [[ -f $home/etc/panda/panda_common.cfg ]] && sed -i "s#^logdir *=.*#logdir = $home#" "$home/etc/panda/panda_common.cfg"
-    PANDA_HOME="$home" PYTHONPATH="$site/pandacommon:$site" "$VENV/bin/python" - <<'PY' >/dev/null 2>&1 || rc=1
+    PANDA_HOME="$home" PYTHONPATH="$site/pandacommon:$site" "$venv/bin/python" - <<'PY' >/dev/null 2>&1 || rc=1
 import os, sys
 from importlib.metadata import version
 from importlib.util import find_spec
@@ -44,25 +40,17 @@ PY
     return $rc
 }
 
-if venv_ok; then
-    log "venv $VENV ok"; exit 0
-fi
-here="$(cd "$(dirname "$0")/.." && pwd)"
-source=${HARVESTER_SOURCE:-$here/../shared/third_party/harvester/harvester-${COMMIT}.tar.gz}
-if [[ ! -f $source ]]; then
-    log "no local copy of Harvester ${COMMIT}: using $UPSTREAM"
-    source=$UPSTREAM
-fi
-mkdir -p "$CACHE_ROOT/pip-cache"
-PY_REAL="$("$(command -v "$PYTHON")" -c 'import sys; print(sys.executable)')"
-log "building $VENV from $source"
-rm -rf "$VENV"
-"$PY_REAL" -m venv "$VENV"
-pip_quiet() {
-    "$VENV/bin/python" -m pip install -q --cache-dir "$CACHE_ROOT/pip-cache" "$@" 2>&1 \
-        | grep -v -e "is ignored: it is neither a file nor a directory" || true
+install_harvester() {
+    local venv="$1" here source
+    here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+    source=${HARVESTER_SOURCE:-$here/../shared/third_party/harvester/harvester-${COMMIT}.tar.gz}
+    if [[ ! -f $source ]]; then
+        log "no local copy of Harvester ${COMMIT}: using $UPSTREAM"
+        source=$UPSTREAM
+    fi
+    log "installing $source"
+    pip_quiet "$venv" --upgrade pip setuptools wheel && pip_quiet "$venv" "$source"
 }
-pip_quiet --upgrade pip setuptools wheel
-pip_quiet "$source"
-venv_ok || { log "venv $VENV failed its import check"; exit 1; }
-log "venv $VENV ready"
+
+ensure_venv "$VENV" "$(real_python "$CI_PYTHON")" venv_ok install_harvester
+ci_done

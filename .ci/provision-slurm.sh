@@ -5,28 +5,9 @@
 # on 127.0.0.1 and stop them by PID. The packages' own services are not needed (and not touched).
 # Idempotent; run as root on Debian 12.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+ci_init provision-slurm
 
-APT_PACKAGES=(slurm-wlm munge)
-log() { printf '[provision-slurm] %s\n' "$*"; }
-
-if [[ "$(id -u)" != "0" ]]; then
-    log "must run as root"; exit 1
-fi
-missing=()
-for p in "${APT_PACKAGES[@]}"; do
-    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
-        missing+=("$p")
-    fi
-done
-if (( ${#missing[@]} )); then
-    log "apt-get install ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get -o DPkg::Lock::Timeout=600 update -qq
-    apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${missing[@]}" >/dev/null
-else
-    log "apt packages already installed"
-fi
-for program in sbatch squeue scancel sinfo munge /usr/sbin/slurmctld /usr/sbin/slurmd /usr/sbin/munged; do
-    command -v "$program" >/dev/null || { log "$program missing after install"; exit 1; }
-done
-log "done"
+apt_install_missing slurm-wlm munge
+require_commands sbatch squeue scancel sinfo munge /usr/sbin/slurmctld /usr/sbin/slurmd /usr/sbin/munged
+ci_done

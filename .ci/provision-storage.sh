@@ -10,56 +10,23 @@
 # Idempotent: packages already present and venvs that import fine are left alone.
 # Run as root on Debian 12. The test fixtures (tests/servers/) look for the venvs in the same place.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+ci_init provision-storage
 
-CACHE_ROOT="${PANDA_CI_CACHE:-/var/cache/pandapilot-ci}"
 RUCIO_VERSION=41.5.1
-SERVER_PYTHON="${PANDA_CI_PYTHON:-python3.11}"
 CLIENT_PYTHON=/usr/bin/python3
-APT_PACKAGES=(xrootd-server xrootd-client xrootd-plugins python3-gfal2 gfal2 gfal2-plugin-xrootd
-              gfal2-plugin-http gfal2-plugin-file python3-venv)
-
-log() { printf '[provision-storage] %s\n' "$*"; }
-
-if [[ "$(id -u)" != "0" ]]; then
-    log "must run as root"; exit 1
-fi
-start=$(date +%s)
 
 # --- Debian packages ----------------------------------------------------------------------------
-missing=()
-for p in "${APT_PACKAGES[@]}"; do
-    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
-        missing+=("$p")
-    fi
-done
-if (( ${#missing[@]} )); then
-    log "apt-get install ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get -o DPkg::Lock::Timeout=600 update -qq
-    apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-else
-    log "apt packages already installed"
-fi
+apt_install_missing --no-install-recommends xrootd-server xrootd-client xrootd-plugins python3-gfal2 gfal2 \
+    gfal2-plugin-xrootd gfal2-plugin-http gfal2-plugin-file python3-venv
 
 # --- venvs ----------------------------------------------------------------------------------------
-mkdir -p "$CACHE_ROOT/pip-cache"
-
-quiet_pip() {
-    local venv="$1"; shift
-    local out rc=0
-    out="$("$venv/bin/python" -m pip install -q --disable-pip-version-check --cache-dir "$CACHE_ROOT/pip-cache" \
-           "$@" 2>&1)" || rc=$?
-    if [[ -n "$out" ]]; then
-        grep -v -e "is ignored: it is neither a file nor a directory" <<<"$out" || true
-    fi
-    return "$rc"
-}
-
-# venv_ok VENV DISTRIBUTION MODULE...: the distribution has the pinned version and the modules import
+# venv_ok VENV DISTRIBUTION MODULES: the distribution has the pinned version and the modules import
 venv_ok() {
-    local venv="$1" dist="$2"; shift 2
+    local venv="$1" dist="$2" modules="$3"
     [[ -x "$venv/bin/python" ]] || return 1
-    "$venv/bin/python" - "$dist" "$RUCIO_VERSION" "$@" <<'PY' >/dev/null 2>&1
+    # shellcheck disable=SC2086
+    "$venv/bin/python" - "$dist" "$RUCIO_VERSION" $modules <<'PY' >/dev/null 2>&1
 import importlib, sys
 from importlib.metadata import version
 assert version(sys.argv[1]) == sys.argv[2]
@@ -68,26 +35,18 @@ for name in sys.argv[3:]:
 PY
 }
 
-build_venv() {  # build_venv VENV PYTHON DISTRIBUTION MODULES -- PIP-ARGS...
-    local venv="$1" python="$2" dist="$3" modules="$4"; shift 5
-    # shellcheck disable=SC2086
-    if venv_ok "$venv" "$dist" $modules; then
-        log "venv $venv ok ($dist $RUCIO_VERSION)"; return 0
+install_rucio() {  # install_rucio VENV DISTRIBUTION MODULES: the pinned distribution (+ gunicorn for the server)
+    local venv="$1" dist="$2"
+    if [[ $dist == rucio ]]; then
+        pip_quiet "$venv" "rucio==$RUCIO_VERSION" gunicorn || return
+    else
+        pip_quiet "$venv" "$dist==$RUCIO_VERSION" || return
     fi
-    log "building venv $venv ($dist $RUCIO_VERSION)"
-    rm -rf "$venv"
-    "$python" -m venv "$venv"
-    quiet_pip "$venv" "$@"
-    # shellcheck disable=SC2086
-    venv_ok "$venv" "$dist" $modules || { log "venv $venv failed its import check"; exit 1; }
     chmod -R a+rX "$venv"
 }
 
-command -v "$SERVER_PYTHON" >/dev/null || { log "$SERVER_PYTHON not found on PATH"; exit 1; }
-SERVER_REAL="$("$SERVER_PYTHON" -c 'import sys; print(sys.executable)')"  # past a pyenv shim
-build_venv "$CACHE_ROOT/rucio-server-$RUCIO_VERSION" "$SERVER_REAL" rucio \
-    "rucio flask sqlalchemy gunicorn" -- "rucio==$RUCIO_VERSION" gunicorn
-build_venv "$CACHE_ROOT/rucio-clients-$RUCIO_VERSION" "$CLIENT_PYTHON" rucio-clients \
-    "rucio.client.downloadclient rucio.client.uploadclient" -- "rucio-clients==$RUCIO_VERSION"
-
-log "done in $(( $(date +%s) - start )) s (cache root $CACHE_ROOT)"
+ensure_venv "$CACHE_ROOT/rucio-server-$RUCIO_VERSION" "$(real_python "$CI_PYTHON")" venv_ok install_rucio \
+    rucio "rucio flask sqlalchemy gunicorn"
+ensure_venv "$CACHE_ROOT/rucio-clients-$RUCIO_VERSION" "$CLIENT_PYTHON" venv_ok install_rucio \
+    rucio-clients "rucio.client.downloadclient rucio.client.uploadclient"
+ci_done

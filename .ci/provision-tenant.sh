@@ -3,14 +3,9 @@
 # bubblewrap (the sandbox), setpriv (util-linux), openssl (user proxies). The test accounts themselves
 # are made and removed by the tests. Idempotent; run as root (./dev test does).
 set -euo pipefail
-[ "$(id -u)" = 0 ] || { echo "provision-tenant: must run as root" >&2; exit 1; }
-missing=()
-command -v bwrap >/dev/null || missing+=(bubblewrap)
-command -v setpriv >/dev/null || missing+=(util-linux)
-command -v openssl >/dev/null || missing+=(openssl)
-command -v useradd >/dev/null || missing+=(passwd)
-if [ ${#missing[@]} -gt 0 ]; then
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get -o DPkg::Lock::Timeout=600 update -q
-    apt-get -o DPkg::Lock::Timeout=600 install -y -q "${missing[@]}"
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+ci_init provision-tenant
+
+apt_install_missing bubblewrap util-linux openssl passwd
+require_commands bwrap setpriv openssl useradd
+ci_done

@@ -208,6 +208,8 @@ class Launcher(ABC):
             dirs.wrapper.unlink()
         except FileNotFoundError:
             pass
+        except OSError as exc:  # a job dir turned read-only: the job fails for that, never the pilot
+            log.warning("wrapper %s not removed: %s", dirs.wrapper, exc.strerror or exc)
 
 
 class NoSwitch(Launcher):

@@ -60,6 +60,7 @@ from pilot.report import (
     JobFacts,
     final_report,
     job_log,
+    journal_note,
     last_line,
     make_log_tarball,
     send_final,
@@ -395,6 +396,9 @@ class JobRun:
         if self.journal.final is not None:
             self.report = FinalReport.from_owed(self.job.panda_id, self.job.attempt_nr, self.journal.final)
         else:
+            if self.journal.save_failures:  # a pilot dying meanwhile would have left a stale journal
+                log.warning("job %d: %s; the report says so", self.job.panda_id,
+                            journal_note(self.journal.save_failures, self.journal.save_error))
             self.report = final_report(self._facts())
             if self.error is None and self.report.state == "failed":  # the report itself could not be made
                 self.error = _error_of(self.report.error_code, self.report.fields.get("pilot_error_diag"))

@@ -94,7 +94,7 @@ class Journal:
     # the heartbeat thread and the main thread both record in it: one change and save at a time
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
     _definition_saved: bool = field(default=False, repr=False, compare=False)
-    save_failures: int = field(default=0, compare=False)  # saves that failed (a full disk): the report says so
+    save_failures: int = field(default=0, compare=False)  # writes that failed (a full disk): the report says so
     save_error: str = field(default="", compare=False)  # why the last of them failed
 
     @classmethod
@@ -158,11 +158,15 @@ class Journal:
                 self._save_definition()
                 atomic_write_json(self.path, data)
             except OSError as exc:
-                self.save_failures += 1
-                self.save_error = exc.strerror or str(exc)
-                log.error("journal %s not saved: %s", self.path, self.save_error)
+                self._not_saved(str(self.path), exc)
                 return False
             return True
+
+    def _not_saved(self, what: str, exc: OSError) -> None:
+        """A write of the journal failed: logged with its reason and counted, for the final report."""
+        self.save_failures += 1
+        self.save_error = exc.strerror or str(exc)
+        log.error("journal %s not saved: %s", what, self.save_error)
 
     def reach(self, step: str, **outcome: Any) -> None:
         """The job reached `step`; `outcome` says how it ended (e.g. the payload's exit_code)."""
@@ -217,7 +221,7 @@ class Journal:
                 finally:
                     os.close(fd)
             except OSError as exc:
-                log.error("journal file event %s not saved: %s", key, exc)
+                self._not_saved(f"file event {key}", exc)
 
     def _open_events(self) -> int:
         flags = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -236,10 +240,12 @@ class Journal:
             except FileNotFoundError:
                 return
             except OSError as exc:
-                log.error("journal file events %s not synced: %s", self.events_path, exc)
+                self._not_saved(f"file events {self.events_path}", exc)
                 return
             try:
                 os.fsync(fd)
+            except OSError as exc:
+                self._not_saved(f"file events {self.events_path}", exc)
             finally:
                 os.close(fd)
 

@@ -274,7 +274,7 @@ def _all_fields(facts: JobFacts) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "trans_exit_code": facts.exit_code if facts.exit_code is not None else (0 if not failed else None),
         "pilot_error_code": int(error.code) if error is not None else 0,
-        "pilot_error_diag": _diag(facts) if error is not None else None,
+        "pilot_error_diag": _diag(facts),
         "core_count": facts.cores or job.core_count,
         "n_input_files": len(job.inputs),
         "start_time": utc(facts.started),
@@ -306,11 +306,18 @@ def _all_fields(facts: JobFacts) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v is not None}
 
 
-def _diag(facts: JobFacts) -> str:
-    assert facts.error is not None
-    if not facts.journal_unsaved:
-        return facts.error.diag
-    return one_line(f"{facts.error.diag} (journal not saved {facts.journal_unsaved}x: {facts.journal_error})")
+def _diag(facts: JobFacts) -> Optional[str]:
+    """Why the job failed, and whether its journal could not be saved. A job that finished stays finished
+    when its journal could not be saved (its outputs are verified in storage and this report, once taken,
+    leaves nothing to recover), but the diagnostic says so, with the error code 0."""
+    note = journal_note(facts.journal_unsaved, facts.journal_error)
+    if facts.error is None:
+        return note or None
+    return one_line(f"{facts.error.diag} ({note})") if note else facts.error.diag
+
+
+def journal_note(unsaved: int, reason: str) -> str:
+    return one_line(f"journal not saved {unsaved}x: {reason}") if unsaved else ""
 
 
 def _essential_fields(facts: JobFacts) -> dict[str, Any]:

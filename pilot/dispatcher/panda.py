@@ -94,7 +94,8 @@ AUTH_MESSAGES = ("secure connection", "pilot role", "token authentication", "ban
 RETRY_HTTP = frozenset({408, 429})  # plus every 5xx
 NOT_PROCESSED_HTTP = frozenset({429, 503})  # the server turned the request away: a job request may be repeated
 TRANSIENT_TLS = ("eof occurred", "connection reset", "timed out")
-MAX_REPLY = 64 * 2**20  # bytes of a reply's JSON (nesting is bounded too: pilot.fsutil.loads_json)
+MAX_REPLY = 64 * 2**20  # bytes of a reply, read at most (nesting is bounded too: pilot.fsutil.loads_json)
+READ_CHUNK = 1 << 16  # bytes read from the connection at a time
 
 
 @dataclass
@@ -280,8 +281,12 @@ class PandaDispatcher(Dispatcher):
             try:
                 resp = self._session.request(
                     method, self._base + path, timeout=self.config.timeout,
-                    verify=self._verify, cert=self._cert, allow_redirects=False, **body,
+                    verify=self._verify, cert=self._cert, allow_redirects=False, stream=True, **body,
                 )  # fmt: skip
+                try:
+                    text = self._read(path, resp)
+                finally:
+                    resp.close()
             except SSLError as exc:
                 if not any(t in str(exc).lower() for t in TRANSIENT_TLS):
                     raise DispatcherError(
@@ -302,8 +307,8 @@ class PandaDispatcher(Dispatcher):
                 status = resp.status_code
                 logger.debug("%s %s -> HTTP %d in %.3f s", method, path, status, self._clock() - started)
                 if status < 500 and status not in RETRY_HTTP:
-                    return path, self._decode(path, resp)
-                failure = f"HTTP {status}: {self._excerpt(resp.text)!r}"
+                    return path, self._decode(path, status, text)
+                failure = f"HTTP {status}: {self._excerpt(text)!r}"
                 if op == "get_job" and status not in NOT_PROCESSED_HTTP:
                     raise self._lost(path, failure)
             remaining = deadline - self._clock()
@@ -323,8 +328,32 @@ class PandaDispatcher(Dispatcher):
         second one and leave the first without a pilot (the server reclaims it). The caller waits."""
         return DispatcherError(FailureKind.LOST, f"{path}: reply lost, not asked again at once: {failure}")
 
-    def _decode(self, path: str, resp: requests.Response) -> dict[str, Any]:
-        code, text = resp.status_code, resp.text
+    def _read(self, path: str, resp: requests.Response) -> str:
+        """The reply's body, read in chunks and never more than MAX_REPLY bytes of it (decompressed): a
+        broken or hostile server cannot make the pilot hold more, whatever it sends or declares."""
+        code = resp.status_code
+        declared = resp.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > MAX_REPLY:
+            raise self._too_large(path, code, int(declared))
+        body = bytearray()
+        for chunk in resp.iter_content(READ_CHUNK):
+            body += chunk
+            if len(body) > MAX_REPLY:
+                raise self._too_large(path, code, len(body))
+        try:
+            return body.decode(resp.encoding or "utf-8", errors="replace")
+        except LookupError:  # a charset Python does not know: JSON is UTF-8 anyway
+            return body.decode("utf-8", errors="replace")
+
+    @staticmethod
+    def _too_large(path: str, code: int, size: int) -> DispatcherError:
+        return DispatcherError(
+            FailureKind.PROTOCOL,
+            f"{path}: HTTP {code}, reply larger than the limit of {MAX_REPLY} bytes ({size} bytes or more); not read",
+            code,
+        )
+
+    def _decode(self, path: str, code: int, text: str) -> dict[str, Any]:
         if code in (401, 403):
             hint = " (wrong api dialect for this server?)" if "is forbidden" in text else ""
             raise DispatcherError(

@@ -74,3 +74,44 @@ def test_no_job_is_taken_without_the_space_the_queue_asks_for(site_on_small_disk
     assert result.returncode == ExitCode.NO_SPACE, result.stderr
     assert "a job needs 8 MB" in result.stderr
     assert (site.jobs / "1.json").exists() and site.history(1) == []
+
+
+READ_ONLY_JOB_DIR = "mount --bind .. .. && mount -o remount,bind,ro .."  # the job dir, from here on
+
+
+def test_a_job_dir_turned_read_only_mid_job_is_in_the_failure_diagnostic(site_on_small_disk: Site) -> None:
+    """The payload succeeds, then the job dir turns read-only (a read-only mount over it): the journal can no
+    longer be saved, nor the log tarball made; the failure's diagnostic says both, the pilot log says why."""
+    site = site_on_small_disk
+    site.add_job(1, f"echo fine > out.dat; {READ_ONLY_JOB_DIR}", outputs=("out.dat",))
+    result = site.run()
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert "Traceback" not in result.stderr
+    final = site.final(1)
+    assert (final["job_status"], final["pilot_error_code"]) == ("failed", ErrorCode.LOGFILE_CREATION), final
+    diag = final["pilot_error_diag"]
+    assert "log tarball" in diag and "journal not saved" in diag and "Read-only file system" in diag, diag
+    assert "journalUnsaved=" in final["job_metrics"]
+    assert "journal not saved" in result.stderr and "ERROR" in result.stderr
+
+
+def test_a_finished_job_whose_journal_could_not_be_saved_stays_finished_and_says_so(
+        site_on_small_disk: Site) -> None:
+    """The payload succeeds and leaves the journal impossible to replace (a mount over it): the job's outputs
+    and log are in storage, so it is reported finished (code 0), with the journal's failure in its diagnostic,
+    its metrics and the pilot log (at WARNING, with the reason)."""
+    site = site_on_small_disk
+    site.add_job(1, "echo fine > one.dat; mount --bind ../journal.json ../journal.json", outputs=("one.dat",))
+    site.add_job(2, "echo next > two.dat", outputs=("two.dat",))
+    result = site.run()
+    assert result.returncode == ExitCode.OK, result.stderr
+    final = site.final(1)
+    assert (final["job_status"], final["pilot_error_code"]) == ("finished", 0)
+    assert final["pilot_error_diag"].startswith("journal not saved "), final
+    assert "Device or resource busy" in final["pilot_error_diag"]
+    assert "journalUnsaved=" in final["job_metrics"]
+    assert (site.outputs / "1.log.tgz").exists() and (site.outputs / "one.dat").read_text() == "fine\n"
+    warning = [line for line in result.stderr.splitlines() if "WARNING" in line and "journal not saved" in line]
+    assert warning and "Device or resource busy" in warning[0], result.stderr
+    assert "journal not saved" in final["pilot_log"]  # the job log's tail, as the server keeps it
+    assert site.final(2)["job_status"] == "finished" and "pilot_error_diag" not in site.final(2)

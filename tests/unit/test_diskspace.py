@@ -139,3 +139,17 @@ def test_failed_journal_saves_are_said_in_the_report(tmp_path: Path, job_dict) -
     fields = final_report(facts).fields
     assert fields["pilot_error_diag"] == f"full (journal not saved 2x: {NO_SPACE})"
     assert "journalUnsaved=2" in fields["job_metrics"]
+
+
+def test_a_finished_job_whose_journal_was_not_saved_stays_finished_and_says_so(tmp_path: Path, job_dict) -> None:
+    from pilot.job import parse_job
+    from pilot.report import JobFacts, final_report
+
+    facts = JobFacts(job=parse_job(job_dict()), workdir=tmp_path, error=None, exit_code=0, files=[], timing={},
+                     started=0.0, journal_unsaved=3, journal_error=NO_SPACE)
+    report = final_report(facts)
+    assert (report.state, report.error_code) == ("finished", 0)
+    assert report.fields["pilot_error_diag"] == f"journal not saved 3x: {NO_SPACE}"
+    assert "journalUnsaved=3" in report.fields["job_metrics"]
+    facts.journal_unsaved = 0
+    assert "pilot_error_diag" not in final_report(facts).fields

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import pytest
@@ -118,6 +119,15 @@ def test_failed_saves_are_counted_for_the_report(journal, monkeypatch):
     monkeypatch.undo()
     assert journal.save() is True
     assert (journal.save_failures, journal.save_error) == (2, "No space left")
+
+
+def test_a_file_event_that_cannot_be_written_is_counted_and_logged(journal, caplog):
+    journal.events_path.mkdir()  # the append cannot open it: EISDIR
+    with caplog.at_level(logging.ERROR, logger="pilot.journal"):
+        journal.file_done("out", "a.root", fsize=1)
+    assert journal.save_failures == 1 and journal.save_error == os.strerror(21)
+    assert f"journal file event out:a.root not saved: {os.strerror(21)}" in caplog.text
+    assert journal.file_info("out", "a.root") is not None  # this pilot still knows it
 
 
 def test_file_info_only_for_finished_files(journal):

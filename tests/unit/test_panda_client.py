@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
 import logging
 from urllib.parse import parse_qsl
@@ -11,8 +13,10 @@ import requests
 import responses
 from urllib3.exceptions import MaxRetryError, NewConnectionError
 
+from pilot.dispatcher import panda
 from pilot.dispatcher.base import Command, DispatcherError, FailureKind, JobRequest, JobUpdate
 from pilot.dispatcher.panda import PandaConfig, PandaDispatcher
+from pilot.errors import ErrorCode
 
 URL = "https://panda.example:25443"
 V1_GET = URL + "/api/v1/pilot/acquire_jobs"
@@ -595,3 +599,59 @@ def test_payload_figures_by_dialect(mock, fake):
     form = sent_form(mock)
     assert (form["meanCoreCount"], form["coreCount"], form["maxSWAP"]) == ("6", "8", "512")
     assert form["cpuConsumptionUnit"] == "s+Test CPU @ 2.40GHz"
+
+
+class EndlessReply(io.RawIOBase):
+    """A reply body that never ends (a broken or hostile server); counts what the client read of it."""
+
+    def __init__(self) -> None:
+        self.served = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        buffer[:] = b" " * len(buffer)
+        self.served += len(buffer)
+        return len(buffer)
+
+
+@pytest.mark.parametrize("api,url", [("v1", V1_GET), ("legacy", LEG_GET)])
+def test_endless_reply_is_read_only_up_to_the_cap(mock, fake, monkeypatch, api, url):
+    monkeypatch.setattr(panda, "MAX_REPLY", 1 << 20)
+    endless = EndlessReply()
+    mock.post(url, body=io.BufferedReader(endless), content_type="application/json")
+    err = fails(FailureKind.PROTOCOL, lambda: make(fake, api=api).get_job(request()))
+    assert f"reply larger than the limit of {1 << 20} bytes" in err.diag
+    assert err.status == 200 and err.code == ErrorCode.COMMUNICATION_FAILURE
+    assert (1 << 20) < endless.served <= (1 << 20) + 2 * panda.READ_CHUNK + io.DEFAULT_BUFFER_SIZE
+    assert len(mock.calls) == 1  # not asked again: the server may have handed out a job
+
+
+def test_reply_one_byte_over_64_mb_is_refused_and_one_at_the_cap_is_read(mock, fake):
+    assert panda.MAX_REPLY == 64 * 2**20
+    padded = json.dumps(v1_ok({"StatusCode": 0, "command": "NULL"}))
+    at_cap = padded + " " * (panda.MAX_REPLY - len(padded))
+    mock.post(V1_UPDATE, body=at_cap + " ", content_type="application/json")
+    err = fails(FailureKind.PROTOCOL, lambda: make(fake).update_job(JobUpdate(1, "running", 1)))
+    assert "reply larger than the limit of 67108864 bytes" in err.diag
+    mock.replace(responses.POST, V1_UPDATE, body=at_cap, content_type="application/json")
+    assert make(fake).update_job(JobUpdate(1, "running", 1)) is Command.NONE
+
+
+def test_compressed_reply_is_bounded_after_decompression(mock, fake, monkeypatch):
+    monkeypatch.setattr(panda, "MAX_REPLY", 1 << 20)
+    bomb = gzip.compress(b" " * (8 << 20))  # 8 kB that inflate to 8 MB
+    mock.post(V1_GET, body=bomb, content_type="application/json", headers={"Content-Encoding": "gzip"})
+    err = fails(FailureKind.PROTOCOL, lambda: make(fake).get_job(request()))
+    assert "reply larger than the limit" in err.diag
+
+
+def test_declared_length_over_the_cap_is_refused_unread(mock, fake, monkeypatch):
+    monkeypatch.setattr(panda, "MAX_REPLY", 1 << 20)
+    endless = EndlessReply()
+    mock.post(V1_GET, body=io.BufferedReader(endless), content_type="application/json",
+              headers={"Content-Length": str(2 << 20)})
+    err = fails(FailureKind.PROTOCOL, lambda: make(fake).get_job(request()))
+    assert f"({2 << 20} bytes or more)" in err.diag
+    assert endless.served == 0
