@@ -4,7 +4,8 @@
       same trivial payload: whole jobs run in-process on the embedded dispatcher, median per job, minus
       the `none` median
   (b) time to end a payload tree of 500 processes by its cgroup (cgroup.kill) and by the fallback
-      (child-subreaper walk + SIGKILL per process), from the kill request to the last process collected
+      (child-subreaper walks of /proc: every process stopped, then all killed through pidfds and reaped in
+      bulk), from the kill request to the last process collected
 
 Switched modes need root: a temporary account is made for them (and removed). Run as
 `python bench/identity.py [--jobs N]`.
@@ -170,7 +171,7 @@ def main() -> None:
     print(f"(b) ending a payload tree of 500 processes (+ its shell), kill request to last process collected, "
           f"{args.trees} trees each:")
     with tempfile.TemporaryDirectory() as tmp:
-        for label, use_cgroup in (("cgroup.kill", True), ("subreaper walk + SIGKILL", False)):
+        for label, use_cgroup in (("cgroup.kill", True), ("subreaper stop + SIGKILL", False)):
             times = [end_tree(use_cgroup, Path(tmp)) for _ in range(args.trees)]
             if any(t is None for t in times):
                 print(f"  {label:26s} not measured (no writable cgroup v2 hierarchy)")

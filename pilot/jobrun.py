@@ -35,10 +35,11 @@ from pilot.diskspace import give_back_reserve, local_space_error
 from pilot.dispatcher.base import Dispatcher, DispatcherError, FailureKind
 from pilot.errors import ErrorCode, PilotError
 from pilot.heartbeat import Heartbeat, Reporter
-from pilot.identity import Launcher, make_launcher
+from pilot.identity import make_launcher
 from pilot.inputpolicy import check_inputs
 from pilot.job import Job, parse_job
 from pilot.journal import Journal, current_owner
+from pilot.launcher import Launcher
 from pilot.layout import JobDir
 from pilot.monitor import Limits, Monitor, watch
 from pilot.node import NodeInfo
@@ -349,7 +350,7 @@ class JobRun:
         if wrapped:
             log_setup_output(dirs.setup_log)
         failed_setup = setup_failure(dirs.setup_log, self.exit_code) if wrapped and self.exit_code else None
-        launcher_error = self.launcher.exit_error(self.exit_code)
+        launcher_error = self.launcher.exit_error(self.exit_code, dirs)
         if reason is not None:
             self._fail(reason)
         elif launcher_error is not None:

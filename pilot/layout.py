@@ -6,6 +6,8 @@ a job's work directory (no input or output may take one of those).
         pilot.log              the pilot's log of this job
         <log>.tgz              the log tarball while it is built
         payload.sh             the wrapper that starts the payload (switched modes)
+        payload.sh.status      0600, empty: the wrapper writes "refused" into it when it finds itself
+                               running as the pilot's account (which alone can write it)
         proxy/                 0700: the user's proxy as the pilot received it
         cred/                  0700, the payload account's: its copies of credentials
         work/                  the payload's part (owned by the payload's account in switched modes):
@@ -37,6 +39,7 @@ POOL_FILE_CATALOG = "PoolFileCatalog.xml"  # written by stage-in when an input i
 FILESTAGER_LIST = "filestager.json"  # written by stage-in for the payload's file stager (queue `filestager`)
 PAYLOAD_DIR = "work"  # the payload's part of the job's work dir
 WRAPPER = "payload.sh"  # starts the payload under its account
+WRAPPER_STATUS = "payload.sh.status"  # the wrapper's refusal, written only under the pilot's account
 PROXY_DIR = "proxy"  # the user's proxy, the pilot's copy
 CRED_DIR = "cred"  # the payload account's copies of credentials
 RELEASE_WRAPPER = "release_setup.sh"  # in the payload's part: sources the release setup, then the payload
@@ -47,7 +50,7 @@ JOURNAL_ASIDE = (f"{JOURNAL}.corrupt", f"{JOURNAL}.exhausted")
 
 RESERVED = frozenset({JOURNAL, JOURNAL_FILES, JOB_DEFINITION, PILOT_LOG, STDOUT, STDERR, TMP, INPUT_MANIFEST,
                       FILESTAGER_LIST, RECOVERY_LOCK, *JOURNAL_ASIDE, JOB_REPORT, PAYLOAD_DIR, WRAPPER, PROXY_DIR,
-                      CRED_DIR, RELEASE_WRAPPER, SETUP_LOG})
+                      CRED_DIR, RELEASE_WRAPPER, SETUP_LOG, WRAPPER_STATUS})
 # Files that change because the pilot works, not the payload: the looping check ignores them.
 PILOT_OWN = frozenset({JOURNAL, JOURNAL_FILES, PILOT_LOG, RECOVERY_LOCK})
 
@@ -122,6 +125,10 @@ class JobDir:
     @property
     def wrapper(self) -> Path:
         return self.root / WRAPPER
+
+    @property
+    def wrapper_status(self) -> Path:
+        return self.root / WRAPPER_STATUS
 
     @property
     def proxy_dir(self) -> Path:

@@ -178,8 +178,9 @@ class Monitor:
             vms += info.vms
             swap += getattr(info, "swap", 0)
         total = self.payload.memory_bytes() if hasattr(self.payload, "memory_bytes") else None
+        peak = self.payload.memory_peak_bytes() if hasattr(self.payload, "memory_peak_bytes") else None
         if total is not None:  # the cgroup's own accounting covers every process, whoever owns it
-            pss, rss = max(pss, total), max(rss, total)
+            pss, rss = max(pss, total), max(rss, total, peak or 0)  # the peak: highs between two samples too
         elif unseen:
             log.error("memory check cannot read payload process(es) %s: access denied; their memory is "
                       "not counted", unseen)

@@ -27,7 +27,8 @@ from pilot.diskspace import reserve_tail
 from pilot.errors import ErrorCode, PilotError
 from pilot.job import Job, value
 from pilot.layout import INPUT_MANIFEST, JOB_REPORT, STDERR, STDOUT, TMP
-from pilot.proctrack import SubreaperTracker, Tracker
+from pilot.subreaper import SubreaperTracker
+from pilot.tracker import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +185,10 @@ class Payload:
     def memory_bytes(self) -> Optional[int]:
         """The tree's memory as the kernel accounts it (a cgroup with a memory controller), else None."""
         return self.tracker.memory_bytes()
+
+    def memory_peak_bytes(self) -> Optional[int]:
+        """The tree's highest memory so far as the kernel accounts it, else None."""
+        return self.tracker.memory_peak_bytes()
 
     def kill(self, grace: float) -> None:
         """SIGTERM to the process group and every payload process, `grace` seconds, then SIGKILL."""

@@ -6,16 +6,13 @@ One pilot run per mode takes all the probe jobs; each test below asserts one pro
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import pwd
-import re
 import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +23,13 @@ import pytest
 
 from pilot.errors import ErrorCode, ExitCode
 from pilot.proctrack import cgroup_parent
+from tests.accounts import account_name, made_accounts, make_proxy
 from tests.e2e.conftest import Site, pids_alive, stop_pilot, wait_for
 
 ROOT = os.geteuid() == 0
 STANDIN = Path(__file__).resolve().parents[1] / "standins" / "glexec"
 # Test accounts, named after this test session (several may run on one machine at once).
-ONE, TWO = f"pt{os.getpid()}a", f"pt{os.getpid()}b"
+ONE, TWO = account_name("a"), account_name("b")
 USERS = (ONE, TWO)
 DN = {ONE: "/DC=org/DC=pandapilot-test/CN=Tenant One", TWO: "/DC=org/DC=pandapilot-test/CN=Tenant Two"}
 UNMAPPED_DN = "/DC=org/DC=elsewhere/CN=Nobody Known"
@@ -53,49 +51,8 @@ def accounts() -> Iterator[dict[str, pwd.struct_passwd]]:
     if not ROOT:
         yield {}
         return
-    for entry in pwd.getpwall():  # accounts of test sessions that were killed before their teardown
-        session = re.fullmatch(r"pt(\d+)[ab]", entry.pw_name)
-        if session and not psutil.pid_exists(int(session.group(1))):
-            _account_tool(["userdel", entry.pw_name])
-    for name in USERS:
-        _account_tool(["useradd", "--no-create-home", "--home-dir", f"/home/{name}", "--shell", "/bin/bash",
-                       "--user-group", name])
-    yield {name: pwd.getpwnam(name) for name in USERS}
-    for name in USERS:
-        subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)  # only this session's accounts
-        _account_tool(["userdel", name])
-
-
-def _account_tool(argv: list[str]) -> None:
-    """useradd / userdel, waiting for /etc/passwd's lock while another session holds it."""
-    for _ in range(60):
-        done = subprocess.run(argv, capture_output=True, text=True)
-        if done.returncode == 0 or "lock" not in done.stderr:
-            break
-        time.sleep(0.5)
-    assert done.returncode == 0, f"{argv}: {done.stderr}"
-
-
-def make_proxy(dn: str, expired: bool = False) -> str:
-    """An X.509 proxy (certificate and key in one PEM) for `dn`, with an RFC 3820 proxy CN."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    oids = {"DC": NameOID.DOMAIN_COMPONENT, "CN": NameOID.COMMON_NAME}
-    parts = [part.split("=", 1) for part in dn.strip("/").split("/")] + [["CN", "2718281828"]]
-    name = x509.Name([x509.NameAttribute(oids[k], v) for k, v in parts])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    start, end = (now - datetime.timedelta(days=2), now - datetime.timedelta(days=1)) if expired else \
-        (now - datetime.timedelta(minutes=5), now + datetime.timedelta(hours=12))
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(start).not_valid_after(end)
-            .sign(key, hashes.SHA256()))
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                                serialization.NoEncryption())
-    return (cert.public_bytes(serialization.Encoding.PEM) + key_pem).decode()
+    with made_accounts("a", "b") as made:
+        yield made
 
 
 @pytest.fixture(scope="session")
@@ -232,6 +189,7 @@ def run(request, accounts, proxies, tmp_path_factory) -> Iterator[Run]:
             t.job(7, "id -u > uid-7.txt", ("uid-7.txt",), user=TWO)
             t.job(8, "echo ran > ran-8.txt", ("ran-8.txt",), user="unmapped")
             t.job(9, "echo ran > ran-9.txt", ("ran-9.txt",), user="expired")
+        t.job(11, "echo ran > ran-11.txt; exit 200", ("ran-11.txt",))  # the wrapper's refusal code, its own
         t.job(10, 'echo "$RELEASE_MARK $(id -u)" > release-10.txt', ("release-10.txt",), swRelease="21.0.15",
               cmtConfig="x86_64-el9-gcc13-opt")
         result = t.run()
@@ -374,6 +332,84 @@ def test_expired_user_proxy_fails_the_job_and_runs_nothing(run: Run) -> None:
     final = run.t.final(9)
     assert final["pilot_error_code"] == ErrorCode.NO_PROXY and "expired" in final["pilot_error_diag"]
     assert not (run.t.site.se / "out" / "scope" / "ran-9.txt").exists()
+
+
+def test_a_payload_exiting_with_the_wrappers_refusal_code_is_a_payload_failure(run: Run) -> None:
+    final = run.t.final(11)
+    assert final["pilot_error_code"] == ErrorCode.PAYLOAD_FAILED and final["trans_exit_code"] == 200, final
+    assert "code 200" in final["pilot_error_diag"]
+
+
+def test_a_switch_that_does_not_happen_is_refused_by_the_wrapper(accounts, proxies, open_root) -> None:
+    """A uid_command that runs the wrapper as the pilot's account (it does not switch): the wrapper
+    refuses, the job fails with the identity code, and the payload never runs."""
+    _needs("uid")
+    t = make_site("uid", open_root, proxies)
+    t.site.queue_settings["uid_command"] = "env PANDA_WOULD_BE={user}"
+    marker = open_root / "ran-as-the-pilot"
+    t.job(40, f"touch {marker}; exit 200")
+    result = t.run()
+    assert result.returncode == ExitCode.OK, result.stdout + result.stderr
+    final = t.final(40)
+    assert final["pilot_error_code"] == ErrorCode.GLEXEC and "did not run" in final["pilot_error_diag"], \
+        (final["pilot_error_diag"], result.stderr[-3000:])
+    assert not marker.exists()
+
+
+# The user proxy from the queue's retrieval command: the job brings none; the command picks by the DN.
+FAILS_DN, EXPIRED_DN = "/DC=org/DC=pandapilot-test/CN=Retrieval Fails", "/DC=org/DC=pandapilot-test/CN=Stale"
+RETRIEVAL = """case "$PANDA_USER_DN" in
+    "{one}") cat {store}/one.pem ;;
+    "{stale}") cat {store}/expired.pem ;;
+    *) echo "no credential for $PANDA_USER_DN" >&2; exit 3 ;;
+esac
+"""
+PROXY_PROBE = """P=$X509_USER_PROXY; R=got-{id}.txt; echo "uid $(id -u)" > $R
+echo "mine $(stat -c '%a %u' $P) dir $(stat -c '%a %u' $(dirname $P))" >> $R
+echo "pilot copy dir $(stat -c '%a %u' ../proxy)" >> $R
+if cat ../proxy/x509up > /dev/null 2>&1; then echo pilot copy readable; else echo pilot copy denied; fi >> $R
+if grep -q SECRET {pilot_proxy} 2>/dev/null; then echo pilot proxy readable; else echo pilot proxy denied; fi >> $R
+openssl x509 -in $P -noout -subject -nameopt compat >> $R
+"""
+
+
+def test_the_user_proxy_from_the_retrieval_command_is_the_payloads_alone(accounts, proxies, open_root) -> None:
+    """uid mode with `user_proxy_command`: the proxy it prints is kept 0600 in a 0700 dir of the pilot's,
+    the payload's account gets its own 0600 copy (and cannot read the pilot's proxy nor the pilot's copy),
+    both are gone after the job; a failing command, or an expired proxy, fails the job with 1163 before the
+    payload runs."""
+    _needs("uid")
+    t = make_site("uid", open_root, proxies)
+    store = open_root / "store"
+    store.mkdir(mode=0o700)
+    (store / "one.pem").write_text(proxies[ONE])
+    (store / "expired.pem").write_text(proxies["expired"])
+    script = store / "retrieve.sh"
+    script.write_text(RETRIEVAL.format(one=DN[ONE], stale=EXPIRED_DN, store=store))
+    t.site.queue_settings["user_proxy_command"] = f"/bin/sh {script}"
+    t.site.add_job(50, "; ".join(PROXY_PROBE.format(id=50, pilot_proxy=t.pilot_proxy).splitlines()),
+                   outputs=("got-50.txt",), prodSourceLabel="user", prodUserID=DN[ONE])
+    for panda_id, dn in ((51, FAILS_DN), (52, EXPIRED_DN)):
+        t.site.add_job(panda_id, f"echo ran > ran-{panda_id}.txt", outputs=(f"ran-{panda_id}.txt",),
+                       prodSourceLabel="user", prodUserID=dn)
+    result = subprocess.run(t.site.argv("--keep-workdirs"), capture_output=True, text=True, timeout=600,
+                            cwd=t.site.root, env=t.env)
+    assert result.returncode == ExitCode.OK, result.stdout + result.stderr
+    assert t.final(50)["job_status"] == "finished", t.final(50)
+    uid = accounts[ONE].pw_uid
+    got = t.output("got-50.txt").splitlines()
+    assert got[:5] == [f"uid {uid}", f"mine 600 {uid} dir 700 {uid}", f"pilot copy dir 700 {os.geteuid()}",
+                       "pilot copy denied", "pilot proxy denied"], got
+    assert DN[ONE] in got[5], "the payload reads the user's proxy the command printed"
+    for panda_id, diag in ((51, "exited with code 3"), (52, "expired")):
+        final = t.final(panda_id)
+        assert final["pilot_error_code"] == ErrorCode.NO_PROXY and diag in final["pilot_error_diag"], final
+        assert not (t.site.se / "out" / "scope" / f"ran-{panda_id}.txt").exists()
+        assert not list(t.site.work.glob(f"PanDA_Pilot-{panda_id}-*/work/ran-{panda_id}.txt")), "the payload ran"
+    kept = list(t.site.work.glob("PanDA_Pilot-*"))
+    assert len(kept) == 3, "the job dirs are kept (--keep-workdirs)"
+    for job_dir in kept:
+        assert not (job_dir / "proxy").exists() and not (job_dir / "cred").exists(), "a proxy copy outlived its job"
 
 
 def test_nothing_of_the_payload_is_left_after_cleanup(run: Run) -> None:

@@ -6,16 +6,23 @@ from __future__ import annotations
 import os
 import pwd
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from pilot.accounts import GridMap
 from pilot.config import QueueConfig
 from pilot.errors import ErrorCode, PilotError
-from pilot.identity import Glexec, GridMap, NoSwitch, Sandbox, UidSwitch, make_launcher, store_user_proxy, user_dn
+from pilot.glexec import Glexec
+from pilot.identity import make_launcher
 from pilot.job import parse_job
+from pilot.launcher import NoSwitch
 from pilot.layout import JobDir
 from pilot.payload import payload_env
+from pilot.sandbox import Sandbox
+from pilot.uidswitch import UidSwitch
+from pilot.userproxy import store_user_proxy, user_dn
 
 ME = pwd.getpwuid(os.getuid()).pw_name
 
@@ -61,14 +68,14 @@ def test_the_user_dn_drops_the_proxy_cns(subject, dn):
 
 
 @pytest.mark.parametrize("code, expected", [(201, ErrorCode.GLEXEC), (202, ErrorCode.GLEXEC), (203, ErrorCode.GLEXEC),
-                                            (204, ErrorCode.PAYLOAD_FAILED), (200, ErrorCode.GLEXEC)])
+                                            (204, ErrorCode.PAYLOAD_FAILED)])
 def test_glexec_exit_codes_are_mapped(code, expected):
-    assert Glexec(QueueConfig()).exit_error(code).code == expected
+    assert Glexec(QueueConfig()).code_error(code).code == expected
 
 
-def test_the_payloads_own_exit_codes_are_not_glexecs():
-    for code in (0, 1, 126, 137):
-        assert Glexec(QueueConfig()).exit_error(code) is None
+def test_the_payloads_own_exit_codes_are_not_glexecs(tmp_path):
+    for code in (0, 1, 126, 137, 200):
+        assert Glexec(QueueConfig()).exit_error(code, JobDir(tmp_path)) is None
 
 
 def test_glexec_is_found_through_the_configured_path_then_the_environment(tmp_path, monkeypatch):
@@ -159,3 +166,29 @@ def test_a_dn_mapped_to_the_pilots_own_account_never_runs_as_the_pilot(tmp_path)
         UidSwitch(QueueConfig(grid_mapfile=str(tmp_path / "map"))).prepare(job, dirs, ["true"], {"PATH": "/bin"})
     assert info.value.code == ErrorCode.GLEXEC and "pilot's account" in info.value.diag
     assert not dirs.wrapper.exists()
+
+
+def test_a_wrapper_under_the_pilots_account_refuses_and_says_so_where_only_that_account_can(tmp_path):
+    dirs = JobDir(tmp_path)
+    dirs.payload.mkdir()
+    launcher = UidSwitch(QueueConfig())
+    wrapper = launcher.write_wrapper(dirs, {"PATH": os.environ["PATH"]}, None)
+    assert dirs.wrapper_status.read_bytes() == b"" and stat.S_IMODE(dirs.wrapper_status.stat().st_mode) == 0o600
+    ran = tmp_path / "ran"
+    done = subprocess.run(["/bin/bash", str(wrapper), "touch", str(ran)], capture_output=True, text=True)
+    assert done.returncode == 200 and "refused" in done.stderr
+    assert not ran.exists(), "the payload never runs as the pilot"
+    error = launcher.exit_error(done.returncode, dirs)
+    assert error is not None and error.code == ErrorCode.GLEXEC and "did not run" in error.diag
+
+
+def test_a_payload_exiting_200_is_not_taken_for_a_refusal(tmp_path):
+    dirs = JobDir(tmp_path)
+    dirs.payload.mkdir()
+    launcher = UidSwitch(QueueConfig())
+    launcher.write_wrapper(dirs, {}, None)  # the status file stays empty: the wrapper reached the payload
+    assert launcher.exit_error(200, dirs) is None
+    dirs.wrapper_status.unlink()
+    dirs.wrapper_status.symlink_to(tmp_path / "elsewhere")  # never followed
+    (tmp_path / "elsewhere").write_text("refused\n")
+    assert launcher.exit_error(200, dirs) is None

@@ -15,6 +15,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from pilot.config import QueueConfig
+from pilot.errors import ErrorCode
+from pilot.monitor import Limits, Monitor
 from pilot.payload import Payload
 from pilot.proctrack import (
     CGROUP_PREFIX,
@@ -197,3 +200,89 @@ def _a_dead_pid() -> int:
     proc = subprocess.Popen(["true"])
     proc.wait()
     return proc.pid
+
+
+# --- memory from the cgroup's counters, or from the processes ---------------------------------------
+def _monitor(payload: Payload, tmp_path: Path, memory_mb: float = 0) -> Monitor:
+    limits = Limits(looping=3600, memory_mb=memory_mb, workdir_mb=0, min_free_mb=0, stdout_mb=0, deadline=None)
+    return Monitor(payload, tmp_path, limits, QueueConfig(memory_first_check=0))
+
+
+def test_with_a_memory_controller_the_memory_is_the_cgroups_counters(tmp_path):
+    """Not the real controller: this machine's cgroup v2 hierarchy (a hybrid layout, mounted at
+    /sys/fs/cgroup/unified) has no memory controller, and cannot have one, as memory is bound to the v1
+    hierarchy at /sys/fs/cgroup/memory (writing `+memory` to the v2 root's cgroup.subtree_control fails with
+    ENOENT). So the counters are files in a directory laid out like a cgroup with the controller enabled:
+    `memory.current` (now) and `memory.peak` (the highest so far), which the monitor takes over the sum of
+    the processes (none here: `cgroup.procs` is empty)."""
+    cgroup = tmp_path / "pandapilot-1-1-7-1"
+    cgroup.mkdir()
+    for name, text in (("cgroup.procs", ""), ("cgroup.kill", ""), ("memory.current", "734003200\n"),
+                       ("memory.peak", "943718400\n")):
+        (cgroup / name).write_text(text)
+    tracker = CgroupTracker(path=cgroup)
+    assert tracker.memory_bytes() == 700 * 2**20 and tracker.memory_peak_bytes() == 900 * 2**20
+    payload = Payload(["true"], tmp_path, {}, tracker)
+    under = _monitor(payload, tmp_path, memory_mb=800)
+    assert under._memory(0) is None
+    assert under.max_pss_kb == 700 * 1024 and under.max_rss_kb == 900 * 1024, "the peak between two samples"
+    over = _monitor(payload, tmp_path, memory_mb=600)
+    verdict = over._memory(0)
+    assert verdict is not None and verdict.code == ErrorCode.OUT_OF_MEMORY
+    (cgroup / "memory.current").write_text("not a number\n")
+    assert tracker.memory_bytes() is None
+
+
+@needs_cgroup
+def test_without_a_memory_controller_the_memory_comes_from_the_processes(tmp_path):
+    """The real cgroup of this machine: no memory controller, so no `memory.current`; the monitor sums the
+    payload's processes (here one that holds 80 MB)."""
+    tracker = new_tracker("memory")
+    assert isinstance(tracker, CgroupTracker)
+    hold = "import sys, time; x = bytearray(80 * 2**20); print('ready', flush=True); time.sleep(300)"
+    payload = Payload([sys.executable, "-c", hold], tmp_path, {"PATH": os.environ["PATH"]}, tracker)
+    payload.start(threading.Event())
+    try:
+        deadline = time.monotonic() + 60
+        while "ready" not in (tmp_path / "payload.stdout").read_text() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert tracker.memory_bytes() is None and tracker.memory_peak_bytes() is None
+        monitor = _monitor(payload, tmp_path, memory_mb=40)
+        verdict = monitor._memory(0)
+        assert monitor.max_rss_kb >= 80 * 1024 and verdict is not None and verdict.code == ErrorCode.OUT_OF_MEMORY
+    finally:
+        payload.kill(grace=0)
+
+
+# A pilot (a subreaper, without a cgroup) ends a fork bomb 5 times; its own child from before stays.
+SUBREAPER_BOMB = textwrap.dedent("""
+    import os, subprocess, sys, threading, time
+    from pathlib import Path
+    from pilot.payload import Payload
+    from pilot.subreaper import SubreaperTracker, become_subreaper
+    assert become_subreaper()
+    bystander = subprocess.Popen(["sleep", "300"])  # the pilot's own, not the payload's
+    for n in range(5):
+        tracker = SubreaperTracker()
+        payload = Payload(["sh", "-c", sys.argv[2]], Path(sys.argv[1]), dict(os.environ), tracker)
+        payload.start(threading.Event())
+        deadline = time.monotonic() + 60
+        while len(tracker.pids()) < 40 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        payload.kill(grace=0)
+        for name in ("payload.stdout", "payload.stderr"):
+            os.unlink(Path(sys.argv[1]) / name)
+        assert not tracker.pids(), tracker.pids()
+    print(bystander.poll())
+    bystander.kill()
+""")
+
+
+def test_without_a_cgroup_a_fork_bomb_is_stopped_then_killed_and_nothing_else_is(tmp_path):
+    marker = uuid.uuid4().hex
+    env = {**os.environ, "TRACK_MARKER": marker, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run([sys.executable, "-c", SUBREAPER_BOMB, str(tmp_path), BOMB], capture_output=True,
+                          text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "None", "the pilot's own child, from before the payload, was signalled"
+    assert not _marked(marker), "a fork bomb process outlived its payload"
