@@ -209,8 +209,9 @@ def test_a_stopped_pilots_heartbeat_goes_stale_and_harvester_kills_its_worker(ha
 
     state = panda_server.job_state(stopped)
     assert (state["table"], state["jobstatus"], state["piloterrorcode"]) == ("jobsarchived4", "failed", 1201), state
-    killed = harvester.worker_of(stopped)
-    assert killed["status"] == "cancelled" and "heartbeat expired" in (killed["diagMessage"] or ""), killed
+    killed = wait_for(lambda: (w := harvester.worker_of(stopped)) and w["status"] == "cancelled" and w, 60,
+                      "Harvester to see its worker cancelled")  # the pilot may report before the monitor looks
+    assert "heartbeat expired" in (killed["diagMessage"] or ""), killed
     expired = harvester.log_lines("monitor", f"heartbeat for workerID={killed['workerID']} expired")
     assert expired and log_time(expired[0]) - last_beat >= 60, "stale for the limit, not before"
     assert slurm.wait_finished([str(killed["batchID"])], 60)[str(killed["batchID"])].state == "CANCELLED"
