@@ -67,33 +67,35 @@ def _unpack(wheel: Path, stage: Path) -> str:
     return wheel.name
 
 
-def _source_id() -> str:
+def _source_id(source: Path) -> str:
     try:
-        out = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True,
+        out = subprocess.run(["git", "-C", str(source), "describe", "--always", "--dirty"], capture_output=True,
                              text=True, timeout=10)
     except OSError:
         return "unknown"
     return out.stdout.strip() or "unknown"
 
 
-def build(output: Path, name: Optional[str] = None) -> Bundle:
+def build(output: Path, name: Optional[str] = None, source: Path = ROOT) -> Bundle:
+    """Build the bundle of the pilot's source tree `source` (this checkout by default) into `output`."""
     name = name or output.stem
     with tempfile.TemporaryDirectory(prefix="pandapilot-bundle-") as tmp:
         wheels, stage = Path(tmp) / "wheels", Path(tmp) / "stage"
         stage.mkdir()
-        log.info("building the pilot's wheel from %s", ROOT)
-        leftover = not (ROOT / "build").exists()
+        log.info("building the pilot's wheel from %s", source)
+        leftover = not (source / "build").exists()
         try:
-            _pip("wheel", "--no-deps", "--wheel-dir", str(wheels), str(ROOT))
+            _pip("wheel", "--no-deps", "--wheel-dir", str(wheels), str(source))
         finally:
             if leftover:  # setuptools' build directory in the source tree: ours, not the developer's
-                shutil.rmtree(ROOT / "build", ignore_errors=True)
+                shutil.rmtree(source / "build", ignore_errors=True)
         own = next(wheels.glob("pandapilot-*.whl"))
         log.info("resolving the dependencies for CPython 3.9+ on manylinux x86_64")
         _pip("download", *TARGET, "--dest", str(wheels), str(own))
         distributions = [_unpack(wheel, stage) for wheel in sorted(wheels.glob("*.whl"))]
-        shutil.copy(ROOT / "launch" / "bootstrap.py", stage / "__main__.py")
-        info = {"name": name, "version": __version__, "source": _source_id(),
+        shutil.copy(source / "launch" / "bootstrap.py", stage / "__main__.py")
+        version = own.name.split("-")[1]  # the source's own version (pandapilot-<version>-py3-none-any.whl)
+        info = {"name": name, "version": version, "source": _source_id(source),
                 "built": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "distributions": distributions}
         (stage / "_pandapilot_bundle.py").write_text(f"BUNDLE = {json.dumps(info, indent=1)}\n")

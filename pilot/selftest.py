@@ -1,22 +1,30 @@
 """`pandapilot selftest`: the release tester's battery of test jobs, run on this node with a candidate pilot.
 
 Each test builds a throw-away site (pilot/sitebuilder.py) with the queue configuration under test, its
-storage settings pointed at the site's own directory, runs the pilot under test as a separate process (a
-bundle with the node's python3, or the installed package) over one or a few jobs, and judges what the
-embedded dispatcher received and what landed in storage. `--compare BUNDLE` runs the same battery with a
-second pilot (e.g. production) and prints both side by side with timings. A test whose feature this pilot
-does not have, or that the queue does not use, is reported as not available with the reason, never passed.
+storage settings pointed at the site's own directory and the local mover, runs the pilot under test as a
+separate process (a bundle with the node's python3, or the installed package) over one or a few jobs, and
+judges what the embedded dispatcher received and what landed in storage. The site movers are tested one
+family at a time, each in both directions: a family that works on plain paths or file:// on the site's
+own directory, a family the queue's storage endpoint (`se`) speaks against that storage (under a scope
+of its own, removed afterwards). `--compare BUNDLE` runs the same battery with a second pilot (e.g.
+production) and prints both side by side with timings. A test whose feature this pilot does not have, or
+that the queue does not use or configure, is reported as not available with the reason, never passed.
 Exit code: 0 when no test failed, 1 otherwise.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
+import pwd
+import secrets
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -25,10 +33,17 @@ from typing import Any, Callable, Optional
 
 import yaml
 
+from pilot.config import QueueConfig
 from pilot.errors import ErrorCode
+from pilot.job import FileSpec
 from pilot.sitebuilder import Site, adler32
+from pilot.staging import Stager
+from sitemovers.base import Direction, Expected, SiteMover, TransferError
+from sitemovers.checksum import Checksum
+from sitemovers.registry import Registry, UnknownMover
 
 STORAGE_KEYS = ("se", "sepath", "seprodpath", "copyprefix", "copyprefixin")
+MOVER_KEYS = ("copytool", "copytoolin", "copytools", "copytoolsin", "copysetup", "copysetupin")
 PASS, FAIL, NOT_AVAILABLE = "pass", "FAIL", "n/a"
 
 
@@ -50,6 +65,15 @@ class Pilot:
             return cls(label, [sys.executable, "-m", "pilot"])
         return cls(label, [python, str(Path(bundle).absolute())], Path(bundle).absolute())
 
+    def version(self) -> str:
+        """What the pilot says it is (`--version`)."""
+        try:
+            done = subprocess.run([*self.argv, "--version"], capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"version unknown ({exc})"
+        lines = (done.stdout or done.stderr).strip().splitlines()
+        return lines[0] if done.returncode == 0 and lines else f"version unknown (exit code {done.returncode})"
+
     def has_module(self, name: str) -> bool:
         path = name.replace(".", "/") + ".py"
         if self.bundle is not None:
@@ -68,6 +92,7 @@ class Run:
     site: Site
     pilot: Pilot
     timeout: float
+    queue: dict[str, Any] = field(default_factory=dict)  # the queue's own settings, storage included
 
     def pilot_run(self, *extra: str) -> subprocess.CompletedProcess:
         argv = [*self.pilot.argv, "run", *self.site.run_options(*extra)]
@@ -91,11 +116,14 @@ class Run:
         return final
 
     def stored(self, name: str) -> bytes:
-        path = self.site.outputs / name
+        return self.stored_at(self.site.outputs / name)
+
+    @staticmethod
+    def stored_at(path: Path) -> bytes:
         try:
             return path.read_bytes()
         except OSError as exc:
-            raise CheckFailed(f"output {name} not in storage: {exc.strerror}") from None
+            raise CheckFailed(f"output {path.name} not in storage: {exc.strerror}") from None
 
 
 @dataclass(frozen=True)
@@ -132,15 +160,125 @@ def _looping(run: Run) -> str:
     return "killed as looping (1150)"
 
 
-def _movers(run: Run) -> str:
-    names = sorted({str(run.site.queue_settings.get(k) or "local") for k in ("copytool", "copytoolin")})
+def configured_movers(queue: dict[str, Any]) -> list[str]:
+    """Every mover family the queue names, for either direction, in the queue's order."""
+    config = QueueConfig.from_mapping("SELFTEST", {k: v for k, v in queue.items() if k in MOVER_KEYS})
+    return list(dict.fromkeys([*config.movers("in"), *config.movers("out")])) or ["local"]
+
+
+def _mover_class(family: str) -> Optional[type[SiteMover]]:
+    try:
+        return Registry().mover_class(family)
+    except (UnknownMover, ImportError):
+        return None
+
+
+def _scheme(se: str) -> str:
+    return se.partition("://")[0] if "://" in se else ""
+
+
+def _mover_unavailable(family: str, pilot: Pilot, queue: dict[str, Any]) -> Optional[str]:
+    """Why the family cannot be tried here: this pilot lacks it, or its storage is not configured."""
+    mover = _mover_class(family)
+    if mover is None:
+        return None  # the check fails, saying the mover is unknown
+    if not pilot.has_module(mover.__module__):
+        return f"this pilot has no {mover.__module__}"
+    se = str(queue.get("se") or "")
+    speaks = ", ".join(f"{s}://" if s else "a directory" for s in mover.schemes)
+    if _scheme(se) not in ("", "file"):
+        return None if _scheme(se) in mover.schemes else \
+            f"the queue's storage {se} is not one the {family} mover speaks ({speaks})"
+    if "" in mover.schemes or "file" in mover.schemes:
+        return None  # tried on the test site's own directory
+    return f"the {family} mover needs a storage endpoint (se) of {speaks}; the queue has {se or 'none'}"
+
+
+class SiteStorage:
+    """Where the movers check puts its input and finds its output: the site's own directory."""
+
+    scope = "scope"
+
+    def __init__(self, site: Site, family: str) -> None:
+        self.site = site
+        self.where = "the test site's directory"
+        if "" not in (_mover_class(family) or SiteMover).schemes:  # a file:// family (gfal)
+            site.queue_settings["se"] = f"file://{site.se}"
+            self.where += " as file://"
+
+    def put_input(self, name: str, data: bytes) -> dict[str, str]:
+        return self.site.put_input(name, data, self.scope)
+
+    def output(self, name: str) -> bytes:
+        return Run.stored_at(self.site.outputs / name)
+
+    def clean(self, names: list[str]) -> None:
+        pass  # the site's directory goes with the site
+
+
+class QueueStorage(SiteStorage):
+    """The queue's own storage, reached through the family under test, under a scope of its own."""
+
+    def __init__(self, site: Site, family: str, queue: dict[str, Any]) -> None:
+        self.site, self.family = site, family
+        self.scope = f"selftest.{secrets.token_hex(6)}"
+        site.queue_settings.update({k: queue.get(k, "") for k in (*STORAGE_KEYS, "copysetup", "copysetupin")})
+        config = QueueConfig.from_mapping("SELFTEST", {k: v for k, v in site.queue_settings.items()
+                                                       if k in (*STORAGE_KEYS, *MOVER_KEYS)})
+        self.stager = Stager(config, Registry(), threading.Event())
+        self.where = f"the queue's storage {config.se}"
+
+    def url(self, name: str, kind: str) -> str:
+        path = self.stager.queue.seprodpath if kind == "output" else ""
+        return self.stager.url(FileSpec(name, kind, scope=self.scope), path)
+
+    def mover(self, direction: Direction) -> SiteMover:
+        return self.stager.movers(direction)[0]
+
+    def put_input(self, name: str, data: bytes) -> dict[str, str]:
+        local = self.site.root / name
+        local.write_bytes(data)
+        checksum = Checksum("adler32", adler32(data))
+        try:
+            self.mover(Direction.IN).put(local, self.url(name, "input"), Expected(len(data), checksum, lfn=name))
+        except (TransferError, OSError) as exc:
+            raise CheckFailed(f"the {self.family} mover cannot put a file into {self.where}: {exc}") from None
+        return {"lfn": name, "fsize": str(len(data)), "checksum": f"ad:{checksum.value}", "scope": self.scope}
+
+    def output(self, name: str) -> bytes:
+        local = self.site.root / f"fetched-{name}"
+        try:
+            self.mover(Direction.OUT).get(self.url(name, "output"), local, Expected(lfn=name))
+        except (TransferError, OSError) as exc:
+            raise CheckFailed(f"output {name} cannot be read back from {self.where}: {exc}") from None
+        return local.read_bytes()
+
+    def clean(self, names: list[str]) -> None:
+        mover = self.mover(Direction.OUT)
+        for name, kind in ((n, k) for n in names for k in ("input", "output")):
+            try:
+                mover.remove(self.url(name, kind))
+            except (TransferError, OSError):
+                pass  # left under the test's own scope
+
+
+def _movers(family: str, run: Run) -> str:
+    if _mover_class(family) is None:
+        raise CheckFailed(f"no site mover named {family!r} (known: {', '.join(Registry().names())})")
+    se = str(run.queue.get("se") or "")
+    storage = QueueStorage(run.site, family, run.queue) if _scheme(se) not in ("", "file") \
+        else SiteStorage(run.site, family)
     data = os.urandom(100_000)
-    run.site.add_job(4, "cp moved.dat back.dat", (run.site.put_input("moved.dat", data),), ("back.dat",))
-    run.pilot_run()
-    run.final(4, "finished")
-    if run.stored("back.dat") != data:
-        raise CheckFailed("the staged-out file differs")
-    return f"stage-in and stage-out through {', '.join(names)}"
+    try:
+        run.site.add_job(4, "cp moved.dat back.dat", (storage.put_input("moved.dat", data),), ("back.dat",),
+                         scope=storage.scope)
+        run.pilot_run()
+        run.final(4, "finished")
+        if storage.output("back.dat") != data:
+            raise CheckFailed("the staged-out file differs from the staged-in one")
+    finally:
+        storage.clean(["moved.dat", "back.dat", "4.log.tgz"])
+    return f"stage-in and stage-out through {family}, {storage.where}"
 
 
 def _large_file(run: Run) -> str:
@@ -166,24 +304,56 @@ def _many_small_files(run: Run) -> str:
     return f"{count} inputs in, joined output out"
 
 
-def _first_dn(mapfile: str) -> str:
-    for line in Path(mapfile).read_text().splitlines():
-        if line.startswith('"'):
-            return line[1:].split('"', 1)[0]
-    raise CheckFailed(f"no DN in {mapfile}")
+def _first_mapping(mapfile: str) -> tuple[str, str]:
+    """The first `"DN" account` line of a grid-mapfile."""
+    try:
+        lines = Path(mapfile).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CheckFailed(f"the queue's grid_mapfile {mapfile} cannot be read: {exc}") from None
+    for line in lines:
+        if line.startswith('"') and '"' in line[1:]:
+            dn, _, account = line[1:].partition('"')
+            return dn, account.strip()
+    raise CheckFailed(f"no DN in the queue's grid_mapfile {mapfile}")
+
+
+def _closed_to_others(path: Path) -> Optional[Path]:
+    """The first directory on the way to `path` that another account cannot pass through."""
+    for directory in [*reversed(path.parents), path]:
+        try:
+            if not os.stat(directory).st_mode & stat.S_IXOTH:
+                return directory
+        except OSError:
+            return directory
+    return None
 
 
 def _identity(run: Run) -> str:
     queue = run.site.queue_settings
+    closed = _closed_to_others(run.site.root)
+    if closed is not None:
+        raise CheckFailed(f"the payload's account cannot reach the test site: {closed} is closed to other "
+                          "accounts (give --dir a directory they can pass through)")
+    queue["sepath"] = queue["seprodpath"]  # a user job's outputs land where the others' do
     extra = {"prodSourceLabel": "user"}
+    expected = None
     if queue.get("grid_mapfile"):
-        extra["prodUserID"] = _first_dn(str(queue["grid_mapfile"]))
+        extra["prodUserID"], account = _first_mapping(str(queue["grid_mapfile"]))
+        expected = None if account.startswith(".") else account  # a pool: any of its accounts
     run.site.add_job(7, "id -u > uid.txt", outputs=("uid.txt",), **extra)
     run.pilot_run()
     run.final(7, "finished")
     uid = run.stored("uid.txt").decode().strip()
     if uid == str(os.getuid()):
         raise CheckFailed(f"the payload ran as the pilot's own uid {uid}")
+    if expected is not None:
+        try:
+            mapped = pwd.getpwnam(expected).pw_uid
+        except KeyError:
+            raise CheckFailed(f"the DN maps to {expected}, which does not exist here") from None
+        if uid != str(mapped):
+            raise CheckFailed(f"the payload ran as uid {uid}, not as {expected} (uid {mapped})")
+        return f"payload ran as {expected} (uid {uid}), the account {extra['prodUserID']} maps to"
     return f"payload ran as uid {uid} ({queue['identity']})"
 
 
@@ -217,17 +387,21 @@ def _needs(module: str) -> Callable[[Pilot, dict[str, Any]], Optional[str]]:
 
 
 def _identity_unavailable(pilot: Pilot, queue: dict[str, Any]) -> Optional[str]:
-    if str(queue.get("identity", "none")) == "none":
+    identity = str(queue.get("identity", "none"))
+    if identity == "none":
         return "the queue does not switch identity (identity: none)"
+    if identity == "glexec" and not queue.get("user_proxy_command"):
+        return "glexec maps a user's proxy: the queue has no user_proxy_command to get one for a test job"
     return _needs("pilot.identity")(pilot, queue)
 
 
+MOVERS = "site movers"  # one check per mover family the queue configures: "site movers (xrootd)"
 LOOPING = {"looping_limit_min": 2, "looping_check_interval": 0.5, "kill_grace": 2}
 CHECKS: tuple[Check, ...] = (
     Check("success", _success),
     Check("payload failure", _payload_failure),
     Check("looping kill", _looping, LOOPING),
-    Check("site movers", _movers),
+    Check(MOVERS, _movers),
     Check("large file", _large_file),
     Check("many small files", _many_small_files),
     Check("other identity", _identity, unavailable=_identity_unavailable),
@@ -242,27 +416,43 @@ class Outcome:
     detail: str
 
 
+def battery(queue: dict[str, Any], only: Optional[set[str]] = None) -> list[Check]:
+    """The checks to run, the site movers one expanded into one check per family the queue configures;
+    `only` names checks (`site movers` all the families, `site movers (xrootd)` one)."""
+    checks: list[Check] = []
+    for check in CHECKS:
+        if check.name != MOVERS:
+            checks.append(check)
+            continue
+        for family in configured_movers(queue):
+            checks.append(Check(f"{MOVERS} ({family})", functools.partial(check.action, family),
+                                {"copytool": family}, functools.partial(_mover_unavailable, family)))
+    return [c for c in checks if not only or c.name in only or c.name.split(" (")[0] in only]
+
+
 def run_check(check: Check, pilot: Pilot, queue: dict[str, Any], root: Path, timeout: float) -> Outcome:
     reason = check.unavailable(pilot, queue)
     if reason:
         return Outcome(NOT_AVAILABLE, 0.0, reason)
-    settings = {k: v for k, v in queue.items() if k not in STORAGE_KEYS}
-    site = Site(root / check.name.replace(" ", "-"), {**settings, **check.settings}, queue="SELFTEST")
+    settings = {k: v for k, v in queue.items() if k not in (*STORAGE_KEYS, *MOVER_KEYS)}
+    name = check.name.replace(" ", "-").replace("(", "").replace(")", "")
+    site = Site(root / name, {**settings, **check.settings}, queue="SELFTEST")
     begin = time.monotonic()
     try:
-        detail, status = check.action(Run(site, pilot, timeout)), PASS
+        detail, status = check.action(Run(site, pilot, timeout, queue)), PASS
     except CheckFailed as exc:
         detail, status = str(exc), FAIL
     except subprocess.TimeoutExpired:
         detail, status = f"the pilot did not end within {timeout:.0f} s", FAIL
+    except Exception as exc:  # the battery goes on: the row says what broke
+        detail, status = f"the test itself broke: {type(exc).__name__}: {exc}", FAIL
     return Outcome(status, time.monotonic() - begin, detail)
 
 
 def run_battery(pilots: list[Pilot], queue: dict[str, Any], root: Path, only: Optional[set[str]] = None,
                 timeout: float = 300, out: Any = sys.stdout) -> int:
-    checks = [c for c in CHECKS if not only or c.name in only]
     results: dict[str, list[Outcome]] = {}
-    for check in checks:
+    for check in battery(queue, only):
         results[check.name] = [run_check(check, p, queue, root / f"p{i}", timeout) for i, p in enumerate(pilots)]
     print_table(pilots, results, out)
     failed = any(o.status == FAIL for row in results.values() for o in row)
@@ -270,6 +460,9 @@ def run_battery(pilots: list[Pilot], queue: dict[str, Any], root: Path, only: Op
 
 
 def print_table(pilots: list[Pilot], results: dict[str, list[Outcome]], out: Any) -> None:
+    for pilot in pilots:
+        print(f"{pilot.label}: {pilot.version()}", file=out)
+    print(file=out)
     width = max([len(n) for n in results] + [4])
     head = f"{'test':{width}}" + "".join(f"  {p.label[:22]:22} {'time':>7}" for p in pilots)
     print(head, file=out)
@@ -304,7 +497,7 @@ def main_selftest(bundle: Optional[Path], compare: Optional[Path], queue_file: O
     except (OSError, ValueError, yaml.YAMLError) as exc:
         print(f"selftest: cannot read the queue configuration: {exc}", file=sys.stderr)
         return 2
-    unknown = (only or set()) - {c.name for c in CHECKS}
+    unknown = {name for name in only or () if name.split(" (")[0] not in {c.name for c in CHECKS}}
     if unknown:
         print(f"selftest: no test named {', '.join(sorted(unknown))} (known: {', '.join(c.name for c in CHECKS)})",
               file=sys.stderr)
@@ -320,4 +513,5 @@ def main_selftest(bundle: Optional[Path], compare: Optional[Path], queue_file: O
         directory.mkdir(parents=True, exist_ok=True)
         return run_battery(pilots, queue, directory.absolute(), only, timeout)
     with tempfile.TemporaryDirectory(prefix="pandapilot-selftest-") as tmp:
+        os.chmod(tmp, 0o711)  # a payload under another identity passes through to its work dir
         return run_battery(pilots, queue, Path(tmp), only, timeout)

@@ -9,10 +9,11 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
+from tests.accounts import made_accounts
 from tests.integration.slurm import SlurmCluster, missing_programs
 from tests.servers import rucio, xrootd
 
@@ -26,6 +27,17 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from launch.build import build
 
     return build(tmp_path_factory.mktemp("bundle") / "pandapilot.pyz").path
+
+
+@pytest.fixture(scope="session")
+def accounts() -> Iterator[dict[str, Any]]:
+    """Two test accounts, `account_name("a")` and `("b")` (tests/accounts.py), made once per session as root
+    and removed at its end; none otherwise."""
+    if os.geteuid() != 0:
+        yield {}
+        return
+    with made_accounts("a", "b") as made:
+        yield made
 
 
 @pytest.fixture(scope="session")

@@ -284,7 +284,7 @@ class PandaDispatcher(Dispatcher):
                     verify=self._verify, cert=self._cert, allow_redirects=False, stream=True, **body,
                 )  # fmt: skip
                 try:
-                    text = self._read(path, resp)
+                    text = self._read(path, resp, started + self.config.timeout)
                 finally:
                     resp.close()
             except SSLError as exc:
@@ -328,9 +328,10 @@ class PandaDispatcher(Dispatcher):
         second one and leave the first without a pilot (the server reclaims it). The caller waits."""
         return DispatcherError(FailureKind.LOST, f"{path}: reply lost, not asked again at once: {failure}")
 
-    def _read(self, path: str, resp: requests.Response) -> str:
-        """The reply's body, read in chunks and never more than MAX_REPLY bytes of it (decompressed): a
-        broken or hostile server cannot make the pilot hold more, whatever it sends or declares."""
+    def _read(self, path: str, resp: requests.Response, deadline: float) -> str:
+        """The reply's body, read in chunks and never more than MAX_REPLY bytes of it (decompressed), nor
+        after the request's timeout: a broken or hostile server cannot make the pilot hold more, whatever it
+        sends or declares, nor keep it reading by trickling bytes (that is a timeout, as in transport)."""
         code = resp.status_code
         declared = resp.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > MAX_REPLY:
@@ -340,6 +341,8 @@ class PandaDispatcher(Dispatcher):
             body += chunk
             if len(body) > MAX_REPLY:
                 raise self._too_large(path, code, len(body))
+            if self._clock() > deadline:
+                raise requests.ReadTimeout(f"reply not complete after {self.config.timeout:g} s ({len(body)} bytes)")
         try:
             return body.decode(resp.encoding or "utf-8", errors="replace")
         except LookupError:  # a charset Python does not know: JSON is UTF-8 anyway

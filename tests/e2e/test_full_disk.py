@@ -83,6 +83,7 @@ def test_a_job_dir_turned_read_only_mid_job_is_in_the_failure_diagnostic(site_on
     """The payload succeeds, then the job dir turns read-only (a read-only mount over it): the journal can no
     longer be saved, nor the log tarball made; the failure's diagnostic says both, the pilot log says why."""
     site = site_on_small_disk
+    site.queue_settings["identity"] = "none"  # the payload (root) mounts in the pilot's own mount namespace
     site.add_job(1, f"echo fine > out.dat; {READ_ONLY_JOB_DIR}", outputs=("out.dat",))
     result = site.run()
     assert result.returncode == ExitCode.OK, result.stderr
@@ -101,6 +102,7 @@ def test_a_finished_job_whose_journal_could_not_be_saved_stays_finished_and_says
     and log are in storage, so it is reported finished (code 0), with the journal's failure in its diagnostic,
     its metrics and the pilot log (at WARNING, with the reason)."""
     site = site_on_small_disk
+    site.queue_settings["identity"] = "none"  # the payload (root) mounts in the pilot's own mount namespace
     site.add_job(1, "echo fine > one.dat; mount --bind ../journal.json ../journal.json", outputs=("one.dat",))
     site.add_job(2, "echo next > two.dat", outputs=("two.dat",))
     result = site.run()

@@ -23,7 +23,7 @@ import pytest
 
 from pilot.errors import ErrorCode, ExitCode
 from pilot.proctrack import cgroup_parent
-from tests.accounts import account_name, made_accounts, make_proxy
+from tests.accounts import account_name, make_proxy
 from tests.e2e.conftest import Site, pids_alive, stop_pilot, wait_for
 
 ROOT = os.geteuid() == 0
@@ -45,14 +45,7 @@ def _needs(mode: str) -> None:
         pytest.skip("bubblewrap is not installed (.ci/provision-tenant.sh installs it)")
 
 
-# --- accounts and proxies --------------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def accounts() -> Iterator[dict[str, pwd.struct_passwd]]:
-    if not ROOT:
-        yield {}
-        return
-    with made_accounts("a", "b") as made:
-        yield made
+# --- proxies (the accounts: the session fixture `accounts` of tests/conftest.py) ---------------------
 
 
 @pytest.fixture(scope="session")

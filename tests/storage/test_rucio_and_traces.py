@@ -91,7 +91,7 @@ def test_dq2_is_the_rucio_family():
     assert Registry().mover_class("dq2") is RucioSiteMover
 
 
-def test_every_family_sends_traces(rucio_server, xrootd_server: XRootDServer, tmp_path):
+def test_every_family_sends_traces_xrootd_and_gfal(rucio_server, xrootd_server: XRootDServer, tmp_path):
     """xrootd and gfal, stage-out then stage-in through the staging loop: a DONE trace each way."""
     area = xrootd_server.data / "traced"
     area.mkdir(exist_ok=True)

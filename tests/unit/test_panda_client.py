@@ -655,3 +655,24 @@ def test_declared_length_over_the_cap_is_refused_unread(mock, fake, monkeypatch)
     err = fails(FailureKind.PROTOCOL, lambda: make(fake).get_job(request()))
     assert f"({2 << 20} bytes or more)" in err.diag
     assert endless.served == 0
+
+
+class TrickleTime(FakeTime):
+    """A clock that moves a second each time it is read: a server sending a chunk a second."""
+
+    def clock(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def test_a_reply_still_coming_after_the_timeout_is_a_transport_failure(mock):
+    endless = EndlessReply()
+    mock.post(V1_GET, body=io.BufferedReader(endless), content_type="application/json")
+    mock.post(V1_UPDATE, body=io.BufferedReader(EndlessReply()), content_type="application/json")
+    fake = TrickleTime()
+    err = fails(FailureKind.LOST, lambda: make(fake, timeout=10).get_job(request()))
+    assert "reply not complete after 10 s" in err.diag
+    assert endless.served < 20 * panda.READ_CHUNK
+    err = fails(FailureKind.TRANSPORT, lambda: make(fake, timeout=10, retry_budget=5).update_job(
+        JobUpdate(1, "running", 1)))  # retried as any transport failure, here within a budget already spent
+    assert "giving up after 1 attempt(s)" in err.diag and "ReadTimeout: reply not complete" in err.diag
