@@ -13,7 +13,8 @@ the same steps: whatever the journal shows as reached is skipped, and so is ever
 failed, except the log and the report, which always run. How each step ended is in the journal: its
 mark, the payload's exit code, the job's error (the first one counts). Every transferred file and every
 reported state is in the journal too, so a later pilot can finish the job from the step it reached.
-The final report is put together and delivered by pilot/report.py.
+The final report is put together and delivered by pilot/report.py; what all jobs of one pilot share
+(PilotContext) and what a job gives back (JobResult) are in pilot/context.py.
 """
 
 from __future__ import annotations
@@ -25,26 +26,25 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from pilot.config import PilotConfig, QueueConfig
-from pilot.control import Control, signal_error
+from pilot.context import JobResult, PilotContext
+from pilot.control import signal_error
 from pilot.diskspace import give_back_reserve, local_space_error
-from pilot.dispatcher.base import Dispatcher, DispatcherError, FailureKind
+from pilot.dispatcher.base import DispatcherError, FailureKind
 from pilot.errors import ErrorCode, PilotError
 from pilot.heartbeat import Heartbeat, Reporter
 from pilot.identity import make_launcher
 from pilot.inputpolicy import check_inputs
 from pilot.job import Job, parse_job
-from pilot.journal import Journal, current_owner
+from pilot.journal import Journal
 from pilot.launcher import Launcher
 from pilot.layout import JobDir
 from pilot.monitor import Limits, Monitor, watch
-from pilot.node import NodeInfo
 from pilot.payload import Payload, build_command, cores_for, payload_env, process_identity
-from pilot.pcache import CacheHook, Pcache
+from pilot.pcache import CacheHook
 from pilot.proctrack import CgroupTracker, new_tracker
 from pilot.release import (
     Release,
@@ -64,15 +64,13 @@ from pilot.report import (
     journal_note,
     last_line,
     make_log_tarball,
+    moved_bytes,
     send_final,
     tail,
     utc,
 )
-from pilot.staging import Stager, Transferred
+from pilot.staging import Stager
 from pilot.transform import Downloader, is_url
-from sitemovers.base import Outcome
-from sitemovers.checksum import Checksum
-from sitemovers.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -80,50 +78,6 @@ log = logging.getLogger(__name__)
 # of a signal the pilot did not send (exit code above 128) is given this long for the pilot's own signal, so that the
 # job is reported with the signal's code (1201 ...) rather than as a failed payload.
 SIGNAL_SETTLE = 2.0
-
-
-@dataclass
-class PilotContext:
-    """What all jobs of one pilot share."""
-
-    config: PilotConfig
-    queue: QueueConfig
-    node: NodeInfo
-    dispatcher: Dispatcher
-    registry: Registry
-    control: Control
-    deadline: Optional[float] = None  # wall-clock time at which the pilot must be gone
-    pcache: Optional[Pcache] = None  # the node's file cache, when the queue has one
-    launcher: Optional[Launcher] = None  # who the payload runs as; default: the queue's `identity`
-
-    @property
-    def identity(self) -> dict[str, Any]:
-        return {
-            "node": self.node.host,
-            "site_name": self.queue.name,
-            "scheduler_id": self.config.scheduler_id or None,
-            "pilot_id": self.config.pilot_id or None,
-            "batch_id": self.config.batch_id or None,
-        }
-
-    def owner(self) -> dict[str, Any]:
-        """This pilot as the owner of a job (journal)."""
-        return current_owner(self.config.pilot_id, self.node.host)
-
-
-@dataclass
-class JobResult:
-    panda_id: int
-    state: str  # finished or failed
-    error_code: int = 0
-    diag: str = ""
-    exit_code: Optional[int] = None
-    timing: dict[str, float] = field(default_factory=dict)
-    bytes_in: int = 0
-    bytes_out: int = 0
-    workdir: Optional[Path] = None
-    reported: bool = False
-    log_location: str = ""
 
 
 @dataclass(frozen=True)
@@ -407,32 +361,10 @@ class JobRun:
         return self.reported
 
     # --- what the report says -----------------------------------------------------------------------
-    def _stored(self) -> list[Transferred]:
-        """The job's files in storage (outputs, then the log), as the journal knows them."""
-        stored = []
-        for spec in self.job.all_outputs:
-            info = self.journal.file_info("out", spec.lfn)
-            if info is not None:
-                checksum = Checksum.parse(info["checksum"]) if info.get("checksum") else None
-                stored.append(Transferred(spec.lfn, int(info["fsize"]), checksum, str(info["location"])))
-        return stored
-
-    def _bytes(self, direction: str, outcome: str = "") -> int:
-        return sum(int(info.get("fsize", 0)) for key, info in self.journal.files.items()
-                   if key.startswith(direction + ":") and (not outcome or info.get("outcome") == outcome))
-
-    def _from_cache(self) -> int:
-        return sum(1 for key, info in self.journal.files.items()
-                   if key.startswith("in:") and info.get("outcome") == Outcome.FROM_CACHE.value)
-
     def _facts(self) -> JobFacts:
-        facts = JobFacts(job=self.job, workdir=self.workdir, error=self.error, exit_code=self.exit_code,
-                         files=self._stored(), timing=self.timing, started=self.started, cores=self.cores,
-                         cpu_model=self.ctx.node.cpu_model,
-                         bytes_in=self._bytes("in"), bytes_out=self._bytes("out"),
-                         files_from_cache=self._from_cache(),
-                         bytes_from_cache=self._bytes("in", Outcome.FROM_CACHE.value),
-                         journal_unsaved=self.journal.save_failures, journal_error=self.journal.save_error)
+        facts = JobFacts.from_journal(self.job, self.journal, error=self.error, exit_code=self.exit_code,
+                                      timing=self.timing, started=self.started, cores=self.cores,
+                                      cpu_model=self.ctx.node.cpu_model)
         payload, monitor = self.payload, self.monitor
         if payload is not None and payload.proc is not None:
             facts.cpu_seconds = payload.cpu_seconds
@@ -451,7 +383,7 @@ class JobRun:
             error_code=report.error_code if report is not None else (int(self.error.code) if self.error else 0),
             diag=self.error.diag if self.error else "",
             exit_code=self.exit_code, timing=dict(self.timing),
-            bytes_in=self._bytes("in"), bytes_out=self._bytes("out"), workdir=self.workdir,
+            bytes_in=moved_bytes(self.journal, "in"), bytes_out=moved_bytes(self.journal, "out"), workdir=self.workdir,
             reported=self.reported or self.journal.has_reached("reported"),
             log_location=str(log_entry["location"]) if log_entry else "",
         )

@@ -27,6 +27,8 @@ from pilot.errors import ErrorCode, PilotError, one_line
 from pilot.fsutil import UntrustedFile, loads_json, open_untrusted, read_capped, tail_untrusted
 from pilot.layout import PILOT_LOG, JobDir
 from pilot.staging import Transferred, output_report
+from sitemovers.base import Outcome
+from sitemovers.checksum import Checksum
 
 if TYPE_CHECKING:
     from pilot.job import Job
@@ -250,6 +252,37 @@ class JobFacts:
     max_swap_kb: int = 0
     journal_unsaved: int = 0  # saves of the journal that failed (a full disk): said in the report
     journal_error: str = ""
+
+    @classmethod
+    def from_journal(cls, job: Job, journal: Journal, **known: Any) -> JobFacts:
+        """The facts the journal keeps (the files in storage, the bytes moved, what the node cache served,
+        the journal's own failed saves), with what the job run knows besides (`known`)."""
+        return cls(job=job, workdir=journal.path.parent, files=stored_files(job, journal),
+                   bytes_in=moved_bytes(journal, "in"), bytes_out=moved_bytes(journal, "out"),
+                   files_from_cache=len(moved(journal, "in", Outcome.FROM_CACHE.value)),
+                   bytes_from_cache=moved_bytes(journal, "in", Outcome.FROM_CACHE.value),
+                   journal_unsaved=journal.save_failures, journal_error=journal.save_error, **known)
+
+
+def stored_files(job: Job, journal: Journal) -> list[Transferred]:
+    """The job's files in storage (outputs, then the log), as its journal knows them."""
+    stored = []
+    for spec in job.all_outputs:
+        info = journal.file_info("out", spec.lfn)
+        if info is not None:
+            checksum = Checksum.parse(info["checksum"]) if info.get("checksum") else None
+            stored.append(Transferred(spec.lfn, int(info["fsize"]), checksum, str(info["location"])))
+    return stored
+
+
+def moved(journal: Journal, direction: str, outcome: str = "") -> list[dict[str, Any]]:
+    """The journal's records of the files moved in a direction ("in", "out"), with that outcome if given."""
+    return [info for key, info in journal.files.items()
+            if key.startswith(direction + ":") and (not outcome or info.get("outcome") == outcome)]
+
+
+def moved_bytes(journal: Journal, direction: str, outcome: str = "") -> int:
+    return sum(int(info.get("fsize", 0)) for info in moved(journal, direction, outcome))
 
 
 def final_report(facts: JobFacts) -> FinalReport:
