@@ -6,9 +6,10 @@ separate process (a bundle with the node's python3, or the installed package) ov
 judges what the embedded dispatcher received and what landed in storage. The site movers are tested one
 family at a time, each in both directions: a family that works on plain paths or file:// on the site's
 own directory, a family the queue's storage endpoint (`se`) speaks against that storage (under a scope
-of its own, removed afterwards). `--compare BUNDLE` runs the same battery with a second pilot (e.g.
-production) and prints both side by side with timings. A test whose feature this pilot does not have, or
-that the queue does not use or configure, is reported as not available with the reason, never passed.
+of its own, removed afterwards): pilot/selftest_storage.py. `--compare BUNDLE` runs the same battery
+with a second pilot (e.g. production) and prints both side by side with timings. A test whose feature
+this pilot does not have, or that the queue does not use or configure, is reported as not available with
+the reason, never passed.
 Exit code: 0 when no test failed, 1 otherwise.
 """
 
@@ -18,13 +19,11 @@ import functools
 import importlib.util
 import os
 import pwd
-import secrets
 import signal
 import stat
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -33,17 +32,20 @@ from typing import Any, Callable, Optional
 
 import yaml
 
-from pilot.config import QueueConfig
 from pilot.errors import ErrorCode
-from pilot.job import FileSpec
+from pilot.selftest_storage import (
+    MOVER_KEYS,
+    STORAGE_KEYS,
+    StorageFailed,
+    configured_movers,
+    mover_class,
+    storage_for,
+    storage_unavailable,
+    stored_at,
+)
 from pilot.sitebuilder import Site, adler32
-from pilot.staging import Stager
-from sitemovers.base import Direction, Expected, SiteMover, TransferError
-from sitemovers.checksum import Checksum
-from sitemovers.registry import Registry, UnknownMover
+from sitemovers.registry import Registry
 
-STORAGE_KEYS = ("se", "sepath", "seprodpath", "copyprefix", "copyprefixin")
-MOVER_KEYS = ("copytool", "copytoolin", "copytools", "copytoolsin", "copysetup", "copysetupin")
 PASS, FAIL, NOT_AVAILABLE = "pass", "FAIL", "n/a"
 
 
@@ -116,14 +118,7 @@ class Run:
         return final
 
     def stored(self, name: str) -> bytes:
-        return self.stored_at(self.site.outputs / name)
-
-    @staticmethod
-    def stored_at(path: Path) -> bytes:
-        try:
-            return path.read_bytes()
-        except OSError as exc:
-            raise CheckFailed(f"output {path.name} not in storage: {exc.strerror}") from None
+        return stored_at(self.site.outputs / name)
 
 
 @dataclass(frozen=True)
@@ -160,114 +155,18 @@ def _looping(run: Run) -> str:
     return "killed as looping (1150)"
 
 
-def configured_movers(queue: dict[str, Any]) -> list[str]:
-    """Every mover family the queue names, for either direction, in the queue's order."""
-    config = QueueConfig.from_mapping("SELFTEST", {k: v for k, v in queue.items() if k in MOVER_KEYS})
-    return list(dict.fromkeys([*config.movers("in"), *config.movers("out")])) or ["local"]
-
-
-def _mover_class(family: str) -> Optional[type[SiteMover]]:
-    try:
-        return Registry().mover_class(family)
-    except (UnknownMover, ImportError):
-        return None
-
-
-def _scheme(se: str) -> str:
-    return se.partition("://")[0] if "://" in se else ""
-
-
 def _mover_unavailable(family: str, pilot: Pilot, queue: dict[str, Any]) -> Optional[str]:
     """Why the family cannot be tried here: this pilot lacks it, or its storage is not configured."""
-    mover = _mover_class(family)
-    if mover is None:
-        return None  # the check fails, saying the mover is unknown
-    if not pilot.has_module(mover.__module__):
+    mover = mover_class(family)
+    if mover is not None and not pilot.has_module(mover.__module__):
         return f"this pilot has no {mover.__module__}"
-    se = str(queue.get("se") or "")
-    speaks = ", ".join(f"{s}://" if s else "a directory" for s in mover.schemes)
-    if _scheme(se) not in ("", "file"):
-        return None if _scheme(se) in mover.schemes else \
-            f"the queue's storage {se} is not one the {family} mover speaks ({speaks})"
-    if "" in mover.schemes or "file" in mover.schemes:
-        return None  # tried on the test site's own directory
-    return f"the {family} mover needs a storage endpoint (se) of {speaks}; the queue has {se or 'none'}"
-
-
-class SiteStorage:
-    """Where the movers check puts its input and finds its output: the site's own directory."""
-
-    scope = "scope"
-
-    def __init__(self, site: Site, family: str) -> None:
-        self.site = site
-        self.where = "the test site's directory"
-        if "" not in (_mover_class(family) or SiteMover).schemes:  # a file:// family (gfal)
-            site.queue_settings["se"] = f"file://{site.se}"
-            self.where += " as file://"
-
-    def put_input(self, name: str, data: bytes) -> dict[str, str]:
-        return self.site.put_input(name, data, self.scope)
-
-    def output(self, name: str) -> bytes:
-        return Run.stored_at(self.site.outputs / name)
-
-    def clean(self, names: list[str]) -> None:
-        pass  # the site's directory goes with the site
-
-
-class QueueStorage(SiteStorage):
-    """The queue's own storage, reached through the family under test, under a scope of its own."""
-
-    def __init__(self, site: Site, family: str, queue: dict[str, Any]) -> None:
-        self.site, self.family = site, family
-        self.scope = f"selftest.{secrets.token_hex(6)}"
-        site.queue_settings.update({k: queue.get(k, "") for k in (*STORAGE_KEYS, "copysetup", "copysetupin")})
-        config = QueueConfig.from_mapping("SELFTEST", {k: v for k, v in site.queue_settings.items()
-                                                       if k in (*STORAGE_KEYS, *MOVER_KEYS)})
-        self.stager = Stager(config, Registry(), threading.Event())
-        self.where = f"the queue's storage {config.se}"
-
-    def url(self, name: str, kind: str) -> str:
-        path = self.stager.queue.seprodpath if kind == "output" else ""
-        return self.stager.url(FileSpec(name, kind, scope=self.scope), path)
-
-    def mover(self, direction: Direction) -> SiteMover:
-        return self.stager.movers(direction)[0]
-
-    def put_input(self, name: str, data: bytes) -> dict[str, str]:
-        local = self.site.root / name
-        local.write_bytes(data)
-        checksum = Checksum("adler32", adler32(data))
-        try:
-            self.mover(Direction.IN).put(local, self.url(name, "input"), Expected(len(data), checksum, lfn=name))
-        except (TransferError, OSError) as exc:
-            raise CheckFailed(f"the {self.family} mover cannot put a file into {self.where}: {exc}") from None
-        return {"lfn": name, "fsize": str(len(data)), "checksum": f"ad:{checksum.value}", "scope": self.scope}
-
-    def output(self, name: str) -> bytes:
-        local = self.site.root / f"fetched-{name}"
-        try:
-            self.mover(Direction.OUT).get(self.url(name, "output"), local, Expected(lfn=name))
-        except (TransferError, OSError) as exc:
-            raise CheckFailed(f"output {name} cannot be read back from {self.where}: {exc}") from None
-        return local.read_bytes()
-
-    def clean(self, names: list[str]) -> None:
-        mover = self.mover(Direction.OUT)
-        for name, kind in ((n, k) for n in names for k in ("input", "output")):
-            try:
-                mover.remove(self.url(name, kind))
-            except (TransferError, OSError):
-                pass  # left under the test's own scope
+    return storage_unavailable(family, queue)
 
 
 def _movers(family: str, run: Run) -> str:
-    if _mover_class(family) is None:
+    if mover_class(family) is None:
         raise CheckFailed(f"no site mover named {family!r} (known: {', '.join(Registry().names())})")
-    se = str(run.queue.get("se") or "")
-    storage = QueueStorage(run.site, family, run.queue) if _scheme(se) not in ("", "file") \
-        else SiteStorage(run.site, family)
+    storage = storage_for(run.site, family, run.queue)
     data = os.urandom(100_000)
     try:
         run.site.add_job(4, "cp moved.dat back.dat", (storage.put_input("moved.dat", data),), ("back.dat",),
@@ -440,7 +339,7 @@ def run_check(check: Check, pilot: Pilot, queue: dict[str, Any], root: Path, tim
     begin = time.monotonic()
     try:
         detail, status = check.action(Run(site, pilot, timeout, queue)), PASS
-    except CheckFailed as exc:
+    except (CheckFailed, StorageFailed) as exc:
         detail, status = str(exc), FAIL
     except subprocess.TimeoutExpired:
         detail, status = f"the pilot did not end within {timeout:.0f} s", FAIL
