@@ -5,6 +5,9 @@
                            plain `xrdcp` alone for reference; medians, and the gfal/xrootd ratio
   rucio 1 MB               the rucio mover's upload (registered) and download by DID, per RSE: the whole
                            call as the pilot makes it (client interpreter start, API call, verification)
+  rucio bulk               a job's 10 files of 100 kB each way on XRD_DISK: one client call for all
+                           (`put_many` / `get_many`, what staging does with a bulk mover) against one call
+                           per file
 
 Needs XRootD, gfal2 and the Rucio venvs (.ci/provision-storage.sh as root).
 """
@@ -25,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sitemovers.base import Expected, MoverSettings  # noqa: E402
+from sitemovers.base import Expected, Move, MoverSettings  # noqa: E402
 from sitemovers.checksum import file_checksum  # noqa: E402
 from sitemovers.gfal import GfalSiteMover  # noqa: E402
 from sitemovers.rucio import RucioSiteMover  # noqa: E402
@@ -106,10 +109,36 @@ def rucio_latency(server: rucio.RucioServer, work: Path, runs: int) -> None:
         print(f"  {rse:12} {up:7.3f} ({up_max:6.3f}) {down:7.3f} ({down_max:6.3f})")
 
 
+def rucio_bulk(server: rucio.RucioServer, work: Path, count: int = 10) -> None:
+    mover = RucioSiteMover(MoverSettings(setup=str(server.setup_script()), options={"rucio_register": True}))
+    sources = []
+    for index in range(count):
+        path = work / f"bulk-{index}"
+        path.write_bytes(os.urandom(100_000))
+        sources.append((path, file_checksum(path)))
+    print(f"\nrucio mover, {count} files of 100 kB on XRD_DISK (s, total)")
+    print(f"  {'':22} {'upload':>8} {'download':>9}")
+    for label, bulk in (("one call per file", False), ("one call for all", True)):
+        tag = "bulk" if bulk else "each"
+        urls = [f"rucio://XRD_DISK/tests/bench-{tag}-{index}.root" for index in range(count)]
+        puts = [Move(str(path), url, Expected(100_000, None, "", "x")) for (path, _), url in zip(sources, urls)]
+        gets = [Move(url, str(work / f"in-{tag}-{index}"), Expected(100_000, checksum, "", "x"))
+                for index, (url, (_, checksum)) in enumerate(zip(urls, sources))]
+        started = time.monotonic()
+        done = mover.put_many(puts) if bulk else [mover.put(Path(m.source), m.dest, m.expected) for m in puts]
+        up = time.monotonic() - started
+        started = time.monotonic()
+        got = mover.get_many(gets) if bulk else [mover.get(m.source, Path(m.dest), m.expected) for m in gets]
+        down = time.monotonic() - started
+        failed = [outcome for outcome in [*done, *got] if isinstance(outcome, Exception)]
+        print(f"  {label:22} {up:8.2f} {down:9.2f}" + (f"  ({len(failed)} failed: {failed[0]})" if failed else ""))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=int, default=200)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--rucio-only", action="store_true", help="only the rucio figures")
     args = parser.parse_args()
     for missing in (xrootd.available(), rucio.available()):
         if missing:
@@ -118,9 +147,11 @@ def main() -> None:
     server = None
     work = Path(tempfile.mkdtemp(prefix="bench-storage-"))
     try:
-        transfers(xrd, work, args.size_mb, args.runs)
+        if not args.rucio_only:
+            transfers(xrd, work, args.size_mb, args.runs)
         server = rucio.launch(xrd)
         rucio_latency(server, work, args.runs)
+        rucio_bulk(server, work)
     finally:
         if server is not None:
             server.stop()

@@ -3,19 +3,23 @@
 Storage layout: a file lives at `<se><path>/<scope>/<lfn>` (no scope: `<se><path>/<lfn>`), where `path`
 is the queue's `seprodpath` for production outputs, `sepath` for analysis outputs, and empty for inputs.
 
-The loop (`Stager.transfer`), per file, in a small thread pool (`transfer_threads`):
-- skip what the journal already has (a resumed job);
-- stage-in: the `before_get` hooks may serve the file (the node cache: outcome `from_cache`); else the
-  direct-access decision (outcome `direct`, the mover's TURL); else the queue's movers in order
-  (`copytoolsin`/`copytools`, or the single `copytoolin`/`copytool`), each with its retries, the next one
-  tried after a failure another mover could avoid; then the `after_get` hooks (after the final rename);
-- stage-out: the output must be a regular file of the work dir (a link or special file is refused, never
-  followed); a destination already holding a file is never overwritten: the same size and checksum count
-  as `already_done`, anything else fails with 1221; the mover puts to a temporary name, verifies it by a
-  remote stat and renames it;
-- every file's outcome goes to the journal (outputs durably, before the step is reported).
-Stage-in also writes the input manifest the payload reads (`INPUT_MANIFEST`, and a PoolFileCatalog.xml
-when an input is read directly).
+The loop (`Stager.transfer`), per file, in a small thread pool (`transfer_threads`), in three steps:
+- `_start`: skip what the journal already has (a resumed job); stage-in: the `before_get` hooks may
+  serve the file (the node cache: outcome `from_cache`), else the direct-access decision (outcome
+  `direct`, the mover's TURL); stage-out: the output must be a regular file of the work dir (a link or
+  special file is refused, never followed);
+- `_copy`: the queue's movers in order (`copytoolsin`/`copytools`, or the single `copytoolin`/`copytool`),
+  each with its retries, the next one tried after a failure another mover could avoid; a destination
+  already holding a file is never overwritten: the same size and checksum count as `already_done`,
+  anything else fails with 1221; the mover puts to a temporary name, verifies it by a remote stat and
+  renames it;
+- `_finish`: the `after_get` hooks (after the final rename), and the file's outcome in the journal
+  (outputs durably, before the step is reported).
+A `bulk` mover (the first of the list) gets all the files that need a copy in one call (`get_many` /
+`put_many`) between the first and the last step: a file it moved is finished as any other, a file it
+could not move goes through `_copy` with that failure as its first attempt. Outcomes, traces and journal
+events stay per file.
+Stage-in also writes the input manifest the payload reads (pilot/inputmanifest.py).
 
 Hooks (`StagingHooks`): `before_get(item) -> Optional[TransferResult]` is asked first for each input (an
 answer ends that file: its outcome, usually `from_cache`, is recorded); `after_get(item, path)` is called
@@ -25,30 +29,32 @@ with the final local path after a copy. A hook's exception is logged and ignored
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Protocol
-from xml.sax.saxutils import quoteattr
+from typing import Any, Optional
 
 from pilot.config import QueueConfig
 from pilot.errors import ErrorCode, PilotError
 from pilot.filestager import hand_over
-from pilot.fsutil import UntrustedFile, atomic_write, open_untrusted
+from pilot.inputmanifest import direct_allowed, wants_direct, write_manifest
 from pilot.job import FileSpec, Job
 from pilot.journal import Journal
-from pilot.layout import FILESTAGER_LIST, INPUT_MANIFEST, POOL_FILE_CATALOG
+from pilot.layout import FILESTAGER_LIST
+from pilot.outputfiles import checked_output, output_report
+from pilot.stagecodes import error_code
+from pilot.stageitems import StageItem, StagingHooks, Transferred, from_journal, journal_info
+from pilot.stageprepare import prepare_inputs
 from pilot.traces import Tracer
 from sitemovers.base import (
     Direction,
     Expected,
     Failure,
+    Move,
     MoverSettings,
     Outcome,
     RemoteFile,
@@ -57,71 +63,21 @@ from sitemovers.base import (
     TransferResult,
     same_file,
 )
-from sitemovers.checksum import Checksum, file_checksum
+from sitemovers.checksum import file_checksum
 from sitemovers.registry import Registry, UnknownMover
 
+__all__ = ["Stager", "StageItem", "StagingHooks", "Transferred", "error_code", "output_report"]
+
 log = logging.getLogger(__name__)
-
-NOT_DIRECT = (".tar.gz", ".lib.tgz", ".tgz", ".tar")  # archives are always copied (and `.raw.` files)
-
-CODES: dict[Direction, dict[Failure, ErrorCode]] = {
-    Direction.IN: {
-        Failure.NOT_FOUND: ErrorCode.REPLICA_NOT_FOUND,
-        Failure.SIZE_MISMATCH: ErrorCode.GET_SIZE_MISMATCH,
-        Failure.NO_SPACE: ErrorCode.NO_LOCAL_SPACE,
-        Failure.TIMEOUT: ErrorCode.LOOPING_STAGEIN,
-        Failure.AUTH: ErrorCode.STAGEIN_AUTH,
-        Failure.SETUP: ErrorCode.SETUP_FAILURE,
-    },
-    Direction.OUT: {
-        Failure.SIZE_MISMATCH: ErrorCode.PUT_SIZE_MISMATCH,
-        Failure.NO_SPACE: ErrorCode.NO_REMOTE_SPACE,
-        Failure.TIMEOUT: ErrorCode.LOOPING_STAGEOUT,
-        Failure.AUTH: ErrorCode.STAGEOUT_AUTH,
-        Failure.EXISTS: ErrorCode.FILE_EXISTS,
-        Failure.SETUP: ErrorCode.SETUP_FAILURE,
-        Failure.CATALOG: ErrorCode.CATALOG_REGISTRATION,
-    },
-}
-CHECKSUM_CODES = {
-    (Direction.IN, "adler32"): ErrorCode.GET_ADLER32_MISMATCH,
-    (Direction.IN, "md5"): ErrorCode.GET_MD5_MISMATCH,
-    (Direction.OUT, "adler32"): ErrorCode.PUT_ADLER32_MISMATCH,
-    (Direction.OUT, "md5"): ErrorCode.PUT_MD5_MISMATCH,
-}
-FAILED = {Direction.IN: ErrorCode.STAGEIN_FAILED, Direction.OUT: ErrorCode.STAGEOUT_FAILED}
-
-
-def error_code(direction: Direction | str, exc: TransferError) -> ErrorCode:
-    direction = Direction(direction)
-    if exc.failure is Failure.CHECKSUM_MISMATCH:
-        return CHECKSUM_CODES[(direction, exc.checksum_kind or "adler32")]
-    return CODES[direction].get(exc.failure, FAILED[direction])
+Attempt = Optional["TransferResult | TransferError"]  # what a bulk call did for a file, if it had it
 
 
 @dataclass
-class Transferred:
-    lfn: str
-    fsize: int
-    checksum: Optional[Checksum]
-    location: str  # local path (in), SURL (out), TURL (direct)
-    outcome: Outcome = Outcome.COPIED
+class Started:
+    """A file after `_start`: its result when no copy is needed, and an output's identity."""
 
-
-@dataclass
-class StageItem:
-    """One file of one transfer: what the hooks see."""
-
-    spec: FileSpec
-    source: str  # in: the storage URL; out: the local path
-    dest: str  # in: the local path; out: the storage URL
-    expected: Expected
-
-
-class StagingHooks(Protocol):
-    def before_get(self, item: StageItem) -> Optional[TransferResult]: ...
-
-    def after_get(self, item: StageItem, path: Path) -> None: ...
+    result: Optional[TransferResult] = None
+    identity: Optional[tuple[int, int]] = None
 
 
 class Stager:
@@ -201,34 +157,49 @@ class Stager:
         for index, item in enumerate(items):
             info = journal.file_info(direction.value, item.spec.lfn)
             if info is not None:
-                results[index] = _transferred(item.spec.lfn, info)
+                results[index] = from_journal(item.spec.lfn, info)
             else:
                 todo.append(index)
         if not todo:
             return [r for r in results if r is not None]
         movers = self.movers(direction)
         if direction is Direction.IN:
-            self._prepare(movers[0], [items[i] for i in todo])
+            prepare_inputs(movers[0], [items[i].source for i in todo], self.queue.prepare_timeout, self.cancel,
+                           self.sleep)
+        threads = min(max(1, self.queue.transfer_threads), len(todo))
         failed = threading.Event()
 
-        def one(index: int) -> Optional[Transferred]:
-            if failed.is_set():
-                return None  # another file failed: start no new transfer
-            try:
-                done = self._one(direction, items[index], movers, journal, direct)
-            except BaseException:
-                failed.set()
-                raise
-            return done
+        def guarded(work: Callable[[int], Any], finishing: Callable[[int], bool] = lambda index: False):
+            def run(index: int) -> Any:
+                if failed.is_set() and not finishing(index):
+                    return None  # another file failed: start no new transfer
+                try:
+                    return work(index)
+                except BaseException:
+                    failed.set()
+                    raise
+            return run
 
-        threads = min(max(1, self.queue.transfer_threads), len(todo))
-        if threads == 1:
-            outcomes = [_call(one, index) for index in todo]
+        def each(work: Callable[[int], Any], indexes: list[int]) -> dict[int, tuple[Any, Optional[PilotError]]]:
+            return dict(zip(indexes, _each(work, indexes, threads, f"stage-{direction.value}")))
+
+        if movers[0].bulk and len(todo) > 1:
+            # start each file, one call of the bulk mover for those that need a copy, then finish each
+            # (a file the bulk call moved is finished even after another file failed: it is in storage)
+            started = each(guarded(lambda i: self._start(direction, items[i], movers, direct)), todo)
+            ready = [i for i in todo if started[i][0] is not None]
+            to_copy = [i for i in ready if started[i][0].result is None]
+            firsts = {} if failed.is_set() else \
+                dict(zip(to_copy, self._bulk(direction, [items[i] for i in to_copy], movers[0])))
+            outcomes = {i: started[i] for i in todo if started[i][0] is None}
+            outcomes.update(each(guarded(lambda i: self._one(direction, items[i], movers, journal, started[i][0],
+                                                             firsts.get(i)),
+                                         finishing=lambda i: isinstance(firsts.get(i), TransferResult)), ready))
         else:
-            with ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"stage-{direction.value}") as pool:
-                futures = [pool.submit(_call, one, index) for index in todo]
-                outcomes = [future.result() for future in futures]
-        for index, (value, error) in zip(todo, outcomes):
+            outcomes = each(guarded(lambda i: self._one(direction, items[i], movers, journal,
+                                                        self._start(direction, items[i], movers, direct))), todo)
+        for index in todo:
+            value, error = outcomes[index]
             if error is not None:
                 raise error
             results[index] = value
@@ -237,30 +208,56 @@ class Stager:
         return [r for r in results if r is not None]
 
     def _one(self, direction: Direction, item: StageItem, movers: list[SiteMover], journal: Journal,
-             direct: bool) -> Transferred:
-        lfn = item.spec.lfn
-        result: Optional[TransferResult] = None
-        if direction is Direction.IN:
-            result = self._from_hooks(item)
-            if result is None and direct and direct_allowed(item.spec):
-                result = self._direct(item, movers)
-        else:
+             started: Started, first: Attempt = None) -> Transferred:
+        result = started.result if started.result is not None else self._copy(direction, item, movers, first)
+        return self._finish(direction, item, result, started, journal)
+
+    def _start(self, direction: Direction, item: StageItem, movers: list[SiteMover], direct: bool) -> Started:
+        if direction is Direction.OUT:
             item.expected, identity = self._check_output(item)
-        if result is None:
-            with self.tracer.transfer(direction.value, item.spec, item.source if direction is Direction.IN
-                                      else item.dest, movers[0].name):
-                result = self._with_movers(direction, item, movers)
-            if direction is Direction.IN and result.outcome is Outcome.COPIED:
-                for hook in self.hooks:
-                    _safely(hook.after_get, item, Path(result.location))
-        if direction is Direction.OUT and checked_output(lfn, Path(item.source))[1] != identity:
+            return Started(identity=identity)
+        result = self._from_hooks(item)
+        if result is None and direct and direct_allowed(item.spec):
+            result = self._direct(item, movers)
+        return Started(result)
+
+    def _bulk(self, direction: Direction, items: list[StageItem], mover: SiteMover) -> list[Attempt]:
+        """One call of a bulk mover for all these files: each file's result or failure (None: not tried,
+        the transfer was interrupted), with a trace each."""
+        if not items or self.cancel.is_set():
+            return [None] * len(items)
+        log.info("%s of %d files in one call (%s)", direction.value, len(items), mover.name)
+        traces = [self.tracer.new(direction.value, item.spec, _remote(direction, item), mover.name) for item in items]
+        moves = [Move(item.source, item.dest, item.expected) for item in items]
+        try:
+            done = (mover.get_many if direction is Direction.IN else mover.put_many)(moves, self.cancel)
+        except TransferError as exc:  # the call as a whole: each file then goes on alone
+            done = [exc] * len(items)
+        for trace, outcome in zip(traces, done):
+            self.tracer.send(trace.finish("FAILED", outcome.diag) if isinstance(outcome, TransferError)
+                             else trace.finish("DONE"))
+        return list(done)
+
+    def _copy(self, direction: Direction, item: StageItem, movers: list[SiteMover], first: Attempt) -> TransferResult:
+        """The file moved by the movers, or what a bulk call did for it: a failure is its first attempt."""
+        if isinstance(first, TransferResult):
+            return first
+        with self.tracer.transfer(direction.value, item.spec, _remote(direction, item), movers[0].name):
+            return self._with_movers(direction, item, movers, first)
+
+    def _finish(self, direction: Direction, item: StageItem, result: TransferResult, started: Started,
+                journal: Journal) -> Transferred:
+        lfn = item.spec.lfn
+        if direction is Direction.IN and result.outcome is Outcome.COPIED:
+            for hook in self.hooks:
+                _safely(hook.after_get, item, Path(result.location))
+        if direction is Direction.OUT and checked_output(lfn, Path(item.source))[1] != started.identity:
             raise PilotError(ErrorCode.STAGEOUT_FAILED, f"output {lfn} was replaced during its transfer")
-        info = {"fsize": result.fsize, "checksum": str(result.checksum or ""), "location": result.location,
-                "outcome": result.outcome.value}
+        info = journal_info(result)
         if direction is Direction.OUT:
             info["guid"] = item.spec.guid
         journal.file_done(direction.value, lfn, durable=direction is Direction.OUT, **info)
-        return _transferred(lfn, info)
+        return from_journal(lfn, info)
 
     def _from_hooks(self, item: StageItem) -> Optional[TransferResult]:
         for hook in self.hooks:
@@ -283,10 +280,11 @@ class Stager:
                 return TransferResult(turl, item.spec.fsize or 0, item.spec.checksum, Outcome.DIRECT)
         return None
 
-    def _with_movers(self, direction: Direction, item: StageItem, movers: list[SiteMover]) -> TransferResult:
+    def _with_movers(self, direction: Direction, item: StageItem, movers: list[SiteMover],
+                     first: Optional[TransferError] = None) -> TransferResult:
         for position, mover in enumerate(movers):
             try:
-                return self._attempts(direction, item, mover)
+                return self._attempts(direction, item, mover, first if position == 0 else None)
             except TransferError as exc:
                 last = position == len(movers) - 1
                 if last or not exc.failure.another_mover_may_help or self.cancel.is_set():
@@ -295,12 +293,17 @@ class Stager:
                             exc.diag, movers[position + 1].name)
         raise AssertionError("unreachable")
 
-    def _attempts(self, direction: Direction, item: StageItem, mover: SiteMover) -> TransferResult:
+    def _attempts(self, direction: Direction, item: StageItem, mover: SiteMover,
+                  first: Optional[TransferError] = None) -> TransferResult:
+        """The mover's attempts at one file; `first`, when given, is the failure of an attempt already made
+        (by a bulk call)."""
         retries = max(1, self.queue.stagein_retries if direction is Direction.IN else self.queue.stageout_retries)
         for attempt in range(1, retries + 1):
             if self.cancel.is_set():
                 raise TransferError(Failure.CANCELLED, "transfer interrupted")
             try:
+                if attempt == 1 and first is not None:
+                    raise first
                 if direction is Direction.IN:
                     log.info("stage-in %s <- %s (%s)", item.spec.lfn, item.source, mover.name)
                     return mover.get(item.source, Path(item.dest), item.expected, self.cancel)
@@ -310,6 +313,10 @@ class Stager:
                 log.info("stage-out %s -> %s (%s)", item.spec.lfn, item.dest, mover.name)
                 return mover.put(Path(item.source), item.dest, item.expected, self.cancel)
             except TransferError as exc:
+                if exc.failure is Failure.EXISTS and direction is Direction.OUT and exc is first:
+                    existing = self._existing(mover, item)  # a bulk put refused it: the same file is done
+                    if existing is not None:
+                        return existing
                 if not exc.failure.retryable or attempt == retries:
                     raise
                 log.warning("%s %s attempt %d/%d failed: %s", direction.value, item.spec.lfn, attempt, retries,
@@ -343,34 +350,21 @@ class Stager:
             raise PilotError(ErrorCode.EMPTY_OUTPUT, f"output {item.spec.lfn} is empty")
         return Expected(size, None, item.spec.guid, item.spec.lfn), identity
 
-    def _prepare(self, mover: SiteMover, items: list[StageItem]) -> None:
-        """The two-phase contract: ask for every input at once, then poll until all are online."""
-        if not mover.prepare_phase:
-            return
-        urls = [item.source for item in items]
-        try:
-            mover.prepare(urls)
-            deadline = time.monotonic() + self.queue.prepare_timeout
-            wait = 1.0
-            while True:
-                online = mover.poll(urls)
-                pending = [url for url in urls if not online.get(url)]
-                if not pending:
-                    return
-                if self.cancel.is_set():
-                    raise PilotError(ErrorCode.STAGEIN_FAILED, "stage-in interrupted while inputs were prepared")
-                if time.monotonic() >= deadline:
-                    raise PilotError(ErrorCode.EXCEEDED_MAX_WAIT,
-                                     f"{len(pending)} input(s) not online after {self.queue.prepare_timeout:.0f} s, "
-                                     f"e.g. {pending[0]}")
-                self.sleep(wait)
-                wait = min(60.0, wait * 2)
-        except TransferError as exc:
-            raise PilotError(error_code(Direction.IN, exc), exc.diag) from None
+
+def _remote(direction: Direction, item: StageItem) -> str:
+    return item.source if direction is Direction.IN else item.dest
 
 
-def _call(function: Callable[[int], Optional[Transferred]],
-          index: int) -> tuple[Optional[Transferred], Optional[PilotError]]:
+def _each(work: Callable[[int], Any], indexes: list[int], threads: int,
+          name: str) -> list[tuple[Any, Optional[PilotError]]]:
+    """`work` for each index, in a pool of `threads`: each file's value or its failure, in order."""
+    if threads == 1:
+        return [_call(work, index) for index in indexes]
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name) as pool:
+        return [future.result() for future in [pool.submit(_call, work, index) for index in indexes]]
+
+
+def _call(function: Callable[[int], Any], index: int) -> tuple[Any, Optional[PilotError]]:
     """A file's failure as a value, so that the files after it in the pool still end cleanly."""
     try:
         return function(index), None
@@ -384,89 +378,3 @@ def _safely(hook: Callable[..., Any], *args: Any) -> Any:
     except Exception:  # noqa: BLE001 - a hook (the node cache) must never fail a transfer
         log.exception("staging hook %s failed; going on without it", getattr(hook, "__qualname__", hook))
         return None
-
-
-def checked_output(lfn: str, local: Path) -> tuple[int, tuple[int, int]]:
-    """Size and identity of an output the payload made: a regular file of its own, not a symbolic link
-    (to the pilot's proxy, say), not a hard link, not a FIFO or device. Anything else fails the output."""
-    try:
-        fd = open_untrusted(local)
-    except FileNotFoundError:
-        raise PilotError(ErrorCode.MISSING_OUTPUT, f"output {lfn} was not produced") from None
-    except UntrustedFile as exc:
-        raise PilotError(ErrorCode.MISSING_OUTPUT, f"output {lfn} {exc.strerror}: not shipped") from None
-    except OSError as exc:
-        raise PilotError(ErrorCode.MISSING_OUTPUT, f"output {lfn} cannot be opened: {exc.strerror}") from None
-    try:
-        st = os.fstat(fd)
-    finally:
-        os.close(fd)
-    if st.st_nlink > 1:
-        raise PilotError(ErrorCode.MISSING_OUTPUT, f"output {lfn} is a hard link to another file: not shipped")
-    return st.st_size, (st.st_dev, st.st_ino)
-
-
-def _transferred(lfn: str, info: dict[str, Any]) -> Transferred:
-    checksum = Checksum.parse(info["checksum"]) if info.get("checksum") else None
-    outcome = Outcome(info.get("outcome") or Outcome.COPIED.value)
-    return Transferred(lfn, int(info["fsize"]), checksum, str(info["location"]), outcome)
-
-
-# --- direct access and the input manifest -----------------------------------------------------------
-def wants_direct(job: Job, queue: QueueConfig) -> bool:
-    """The queue allows direct access and the job asks for it (transferType=direct or an access mode)."""
-    if not queue.allowdirectaccess:
-        return False
-    words = job.job_pars.split()
-    asked = "--accessmode=direct" in words or any(a == "--accessmode" and b == "direct"
-                                                  for a, b in zip(words, words[1:]))
-    return job.transfer_type.lower() == "direct" or asked
-
-
-def direct_allowed(spec: FileSpec) -> bool:
-    """A file the job does not forbid direct access to (prodDBlockToken=local), and not an archive."""
-    name = spec.lfn.lower()
-    return not spec.direct_access_forbidden and not name.endswith(NOT_DIRECT) and ".raw." not in name
-
-
-def write_manifest(workdir: Path, job: Job, done: list[Transferred]) -> None:
-    """`INPUT_MANIFEST` (JSON: per input its lfn, guid, scope, size, checksum, outcome, and `path` or
-    `turl`), and a PoolFileCatalog.xml when an input is read directly. Written atomically before the
-    payload starts (so no name of the payload's can be in the way)."""
-    specs = {spec.lfn: spec for spec in job.inputs}
-    files = []
-    for item in done:
-        spec = specs.get(item.lfn)
-        entry: dict[str, Any] = {"lfn": item.lfn, "guid": spec.guid if spec else "",
-                                 "scope": spec.scope if spec else "", "fsize": item.fsize,
-                                 "checksum": str(item.checksum or ""), "outcome": item.outcome.value}
-        entry["turl" if item.outcome is Outcome.DIRECT else "path"] = item.location
-        files.append(entry)
-    atomic_write(workdir / INPUT_MANIFEST, (json.dumps({"version": 1, "files": files}, indent=1) + "\n").encode())
-    if any(item.outcome is Outcome.DIRECT for item in done):
-        atomic_write(workdir / POOL_FILE_CATALOG, pool_file_catalog(files).encode())
-
-
-def pool_file_catalog(files: list[dict[str, Any]]) -> str:
-    lines = ['<?xml version="1.0" encoding="UTF-8" standalone="no" ?>',
-             '<!DOCTYPE POOLFILECATALOG SYSTEM "InMemory">', "<POOLFILECATALOG>"]
-    for entry in files:
-        pfn = entry.get("turl") or entry.get("path") or ""
-        lines += [f"  <File ID={quoteattr(entry['guid'])}>",
-                  f"    <physical><pfn filetype=\"ROOT_All\" name={quoteattr(pfn)}/></physical>",
-                  f"    <logical><lfn name={quoteattr(entry['lfn'])}/></logical>",
-                  "  </File>"]
-    lines.append("</POOLFILECATALOG>")
-    return "\n".join(lines) + "\n"
-
-
-def output_report(job: Job, files: list[Transferred]) -> dict[str, dict[str, Any]]:
-    """{lfn: {guid, fsize, adler32 | md5sum, surl}}, as the server's job_output_report wants it."""
-    guids = {spec.lfn: spec.guid for spec in job.all_outputs}
-    report = {}
-    for item in files:
-        entry: dict[str, Any] = {"guid": guids.get(item.lfn, ""), "fsize": item.fsize, "surl": item.location}
-        if item.checksum is not None:
-            entry["adler32" if item.checksum.kind == "adler32" else "md5sum"] = item.checksum.value
-        report[item.lfn] = entry
-    return report

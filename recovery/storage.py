@@ -3,7 +3,8 @@
 Before a recovered job's files go out again (only when the job's current attempt is this journal's, so
 no other pilot writes these names):
 - the temporary files of interrupted puts (`sitemovers.base.is_partial` names of this job's outputs and
-  log, beside their destinations) are removed, where the storage can be listed (a local directory);
+  log, beside their destinations) are removed, where the mover can list its storage (a directory, XRootD,
+  gfal2's protocols, a Rucio RSE through its protocol), and only names of that pattern;
 - a log tarball that is in storage already, identical to the one in the work dir (the pilot died between
   the put and its journal record), is recorded as transferred: a rebuilt tarball would differ, and a
   destination is never overwritten. (An output found so is recognised by the stage-out itself.)
@@ -21,9 +22,8 @@ from pilot.job import FileSpec, Job
 from pilot.jobrun import PilotContext
 from pilot.journal import Journal
 from pilot.staging import Stager
-from sitemovers.base import Direction, RemoteFile, SiteMover, TransferError, is_partial, same_file
+from sitemovers.base import Direction, Failure, RemoteFile, SiteMover, TransferError, same_file
 from sitemovers.checksum import Hasher
-from sitemovers.local import LocalSiteMover, local_path
 
 log = logging.getLogger(__name__)
 
@@ -50,22 +50,18 @@ def tidy_storage(ctx: PilotContext, job: Job, journal: Journal) -> None:
 
 
 def remove_partials(mover: SiteMover, url: str, panda_id: int) -> list[str]:
-    """Remove the partial files of `url`'s name beside it; where the storage cannot be listed, nothing."""
-    if not isinstance(mover, LocalSiteMover):
-        return []
-    target = local_path(mover.rewrite(url))
-    prefix = f".{target.name}."
-    removed = []
+    """Remove the partial files of `url`'s name beside it (the mover lists its storage: a directory,
+    `xrdfs ls`, gfal2's listdir, an RSE through its protocol); where it cannot list, nothing."""
     try:
-        with os.scandir(target.parent) as entries:
-            names = [e.name for e in entries if e.name.startswith(prefix) and is_partial(e.name)]
-    except FileNotFoundError:
+        removed = mover.remove_partials(url)
+    except TransferError as exc:
+        if exc.failure is not Failure.UNSUPPORTED:
+            raise
+        log.info("job %d: %s cannot list its storage: partial files of %s not looked for", panda_id,
+                 mover.name, url)
         return []
-    for name in names:
-        log.info("job %d: removing the partial file %s", panda_id, target.parent / name)
-        head = url.rpartition("/")[0]
-        mover.remove(f"{head}/{name}")
-        removed.append(name)
+    for partial in removed:
+        log.info("job %d: removed the partial file %s", panda_id, partial)
     return removed
 
 

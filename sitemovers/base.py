@@ -17,10 +17,18 @@ Subclass `SiteMover`, set `name` and the capability attributes, and implement th
   `put()` wraps it: `stat(tmp_url)` must then report the same size (and checksum, when the storage
   reports one: `server_checksum`), then `rename(tmp_url, destination)` publishes it, refusing to
   replace an existing file; `remove(tmp_url)` cleans up on any failure.
-- `stat(url) -> Optional[RemoteFile]` (None: no such file), `remove(url)`, `rename(src_url, dst_url)`.
-- optionally `turl(url)` (direct_read movers), `prepare(urls)` / `poll(urls)` (prepare_phase movers).
+- `stat(url) -> Optional[RemoteFile]` (None: no such file), `remove(url)`, and `_rename(src_url, dst_url)`,
+  the storage's own rename. `rename()` wraps it: unless the family's primitive itself refuses to replace
+  a file (`rename_noreplace`, e.g. a hard link), the target is stat'ed first and an existing file is
+  never replaced (Failure.EXISTS).
+- optionally `turl(url)` (direct_read movers), `prepare(urls)` / `poll(urls)` (prepare_phase movers),
+  `listdir(dir_url)` (the names in a storage directory: what lets a recovery find the partial files of
+  a dead pilot's puts, `remove_partials`).
 A family whose storage cannot rename (an upload API that registers the file, say) overrides `put()`
 itself and keeps the contract: nothing under the final name until verified.
+A `bulk` family moves many files in one call: it overrides `fetch_many` (the gets' temporary names are
+handled by `get_many` as for one file) and `put_many`, answering per file, in order, a result or a
+TransferError; staging then hands it all of a job's files of one direction at once.
 
 Command-line families run their tools through `sitemovers.command.run`, never through a shell.
 """
@@ -33,6 +41,7 @@ import re
 import secrets
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Optional
@@ -114,6 +123,16 @@ class TransferResult:
     seconds: float = 0.0
 
 
+@dataclass(frozen=True)
+class Move:
+    """One file of a many-file call: a get brings `source` (a storage URL) to `dest` (a local path), a put
+    sends `source` (a local path) to `dest` (a storage URL)."""
+
+    source: str
+    dest: str
+    expected: Expected
+
+
 @dataclass
 class MoverSettings:
     """The queue's settings a mover may use: setup script, prefix rewrites, tokens, extra options."""
@@ -146,6 +165,12 @@ def partial_name(name: str, token: str = "") -> str:
 def is_partial(name: str) -> bool:
     """A leftover of an unfinished transfer (any mover, any direction): safe for a cleanup to remove."""
     return bool(_PARTIAL.match(name))
+
+
+def is_partial_of(candidate: str, name: str) -> bool:
+    """`candidate` is a temporary name of a transfer of `name` (`partial_name(name, <any token>)`)."""
+    tail = len(f".{'0' * 12}{PARTIAL_SUFFIX}")
+    return is_partial(candidate) and candidate[:-tail] == partial_name(name, "0" * 12)[:-tail]
 
 
 def new_token() -> str:
@@ -185,8 +210,9 @@ class SiteMover(ABC):
     direct_read: ClassVar[bool] = False  # turl() gives a URL the payload can read remotely
     server_checksum: ClassVar[bool] = False  # stat() reports the checksum the storage computed
     needs_setup: ClassVar[bool] = False  # its tools need the queue's copysetup sourced first
-    bulk: ClassVar[bool] = False  # one call can move many files
+    bulk: ClassVar[bool] = False  # get_many/put_many move many files in one call (staging gives it a job's files)
     prepare_phase: ClassVar[bool] = False  # prepare()/poll() before any copy (tape, stager latency)
+    rename_noreplace: ClassVar[bool] = False  # _rename() itself refuses an existing target (no stat needed)
 
     def __init__(self, settings: Optional[MoverSettings] = None) -> None:
         self.settings = settings or MoverSettings()
@@ -202,15 +228,34 @@ class SiteMover(ABC):
             cancel: Optional[threading.Event] = None) -> TransferResult:
         """Bring `source` to the local path `dest`, verified against `expected`; nothing under `dest`
         unless verified."""
-        dest = Path(dest)
-        tmp = dest.with_name(partial_name(dest.name))
+        return raise_failure(self.get_many([Move(source, str(dest), expected)], cancel)[0])
+
+    def get_many(self, moves: Sequence[Move],
+                 cancel: Optional[threading.Event] = None) -> list[TransferResult | TransferError]:
+        """`get` for many files: each file's result or failure, in order. Each lands under a temporary
+        name beside its destination and is renamed only when verified; a `bulk` mover fetches them all
+        in one call (`fetch_many`)."""
+        tmps = [Path(move.dest).with_name(partial_name(Path(move.dest).name)) for move in moves]
+        outcomes: list[TransferResult | TransferError] = []
         try:
-            landed = self.fetch(source, tmp, expected, cancel)
-            verify(expected.lfn or dest.name, landed.fsize, landed.checksum, expected)
-            os.replace(tmp, dest)
+            landed = self.fetch_many([Move(m.source, str(tmp), m.expected) for m, tmp in zip(moves, tmps)], cancel)
+            for move, tmp, got in zip(moves, tmps, landed):
+                outcomes.append(got if isinstance(got, TransferError) else _publish(move, tmp, got))
         finally:
-            _unlink(tmp)
-        return TransferResult(str(dest), landed.fsize, landed.checksum)
+            for tmp in tmps:
+                _unlink(tmp)
+        return outcomes
+
+    def fetch_many(self, moves: Sequence[Move],
+                   cancel: Optional[threading.Event]) -> list[RemoteFile | TransferError]:
+        """Fetch each `move.source` to the local temporary path `move.dest`: one `fetch` each, unless a
+        bulk mover does them all in one call."""
+        return [_failure_as_value(self.fetch, m.source, Path(m.dest), m.expected, cancel) for m in moves]
+
+    def put_many(self, moves: Sequence[Move],
+                 cancel: Optional[threading.Event] = None) -> list[TransferResult | TransferError]:
+        """`put` for many files: each file's result or failure, in order (a bulk mover: one call)."""
+        return [_failure_as_value(self.put, Path(m.source), m.dest, m.expected, cancel) for m in moves]
 
     def put(self, source: Path, destination: str, expected: Expected,
             cancel: Optional[threading.Event] = None) -> TransferResult:
@@ -260,13 +305,41 @@ class SiteMover(ABC):
     def remove(self, url: str) -> None:
         """Remove `url`; no error when it does not exist."""
 
-    @abstractmethod
     def rename(self, src_url: str, dst_url: str) -> None:
-        """Publish `src_url` as `dst_url`, refusing (Failure.EXISTS) to replace an existing file."""
+        """Publish `src_url` as `dst_url`, refusing (Failure.EXISTS) to replace an existing file.
+
+        Most storages' rename replaces its target (XRootD's mv, gfal2 on root:// and dav://, rfrename):
+        the target is looked at first. (A writer racing between the look and the rename would be another
+        pilot with the very same output: not expected.)"""
+        if not self.rename_noreplace and self.stat(dst_url) is not None:
+            raise TransferError(Failure.EXISTS, f"{dst_url}: already exists, not replaced")
+        self._rename(src_url, dst_url)
+
+    @abstractmethod
+    def _rename(self, src_url: str, dst_url: str) -> None:
+        """The storage's rename of `src_url` to `dst_url` (`rename()` has made sure there is no target,
+        unless `rename_noreplace` says this primitive refuses one itself)."""
 
     def turl(self, url: str) -> str:
         """The URL the payload opens to read `url` directly (direct_read movers)."""
         raise TransferError(Failure.UNSUPPORTED, f"{self.name}: no direct read")
+
+    def listdir(self, dir_url: str) -> list[str]:
+        """The names in the storage directory `dir_url` ([] when there is no such directory). A family
+        whose storage cannot be listed raises Failure.UNSUPPORTED."""
+        raise TransferError(Failure.UNSUPPORTED, f"{self.name}: the storage cannot be listed")
+
+    def remove_partials(self, url: str) -> list[str]:
+        """Remove what interrupted puts of `url` left beside it (its `partial_name`s) and return their
+        URLs. Only names of that pattern, for this very name, are touched. Failure.UNSUPPORTED when the
+        storage cannot be listed."""
+        head, sep, name = url.rpartition("/")
+        removed = []
+        for entry in self.listdir(head):
+            if is_partial_of(entry, name):
+                self.remove(f"{head}{sep}{entry}")
+                removed.append(f"{head}{sep}{entry}")
+        return removed
 
     def prepare(self, urls: list[str]) -> None:
         """Ask the storage to bring `urls` online (prepare_phase movers); returns at once."""
@@ -281,6 +354,29 @@ def partial_url(url: str, token: str = "") -> str:
     """The temporary sibling of a storage URL or path: its last component through `partial_name`."""
     head, sep, name = url.rpartition("/")
     return f"{head}{sep}{partial_name(name, token)}"
+
+
+def _publish(move: Move, tmp: Path, landed: RemoteFile) -> TransferResult | TransferError:
+    """A fetched file verified and renamed to its final name (or why not)."""
+    try:
+        verify(move.expected.lfn or Path(move.dest).name, landed.fsize, landed.checksum, move.expected)
+        os.replace(tmp, move.dest)
+    except TransferError as exc:
+        return exc
+    return TransferResult(move.dest, landed.fsize, landed.checksum)
+
+
+def _failure_as_value(operation: Callable[..., Any], *args: Any) -> Any:
+    try:
+        return operation(*args)
+    except TransferError as exc:
+        return exc
+
+
+def raise_failure(outcome: Any) -> Any:
+    if isinstance(outcome, TransferError):
+        raise outcome
+    return outcome
 
 
 def _unlink(path: Path) -> None:

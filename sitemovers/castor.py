@@ -159,11 +159,8 @@ class CastorSiteMover(SiteMover):
             if exc.failure is not Failure.NOT_FOUND:
                 raise
 
-    def rename(self, src_url: str, dst_url: str) -> None:
-        dst = castor_path(self.rewrite(dst_url))
-        if self.stat(dst_url) is not None:
-            raise TransferError(Failure.EXISTS, f"{dst}: a file is already there")
-        self._run(["rfrename", castor_path(self.rewrite(src_url)), dst], timeout=300)
+    def _rename(self, src_url: str, dst_url: str) -> None:
+        self._run(["rfrename", castor_path(self.rewrite(src_url)), castor_path(self.rewrite(dst_url))], timeout=300)
 
 
 class RfcpLfcSiteMover(CastorSiteMover):

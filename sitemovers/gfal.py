@@ -232,16 +232,22 @@ class GfalSiteMover(SiteMover):
             if exc.failure is not Failure.NOT_FOUND:
                 raise
 
-    def rename(self, src_url: str, dst_url: str) -> None:
-        # gfal2 renames over an existing file on both root:// and dav://: look first. (A writer racing
-        # between the look and the rename is another pilot with the very same output: not expected.)
-        if self.stat(dst_url) is not None:
-            raise TransferError(Failure.EXISTS, f"{dst_url}: already exists, not replaced")
+    def _rename(self, src_url: str, dst_url: str) -> None:
         source, dest = wire_url(self.rewrite(src_url)), wire_url(self.rewrite(dst_url))
         if scheme_of(dest) in HTTP_SCHEMES:
             dest = self.rewrite(dst_url)  # the MOVE Destination is taken literally by the server
         with self._context() as ctx:
             ctx.rename(source, dest)
+
+    def listdir(self, dir_url: str) -> list[str]:
+        try:
+            with self._context() as ctx:
+                names = ctx.listdir(wire_url(self.rewrite(dir_url)))
+        except TransferError as exc:
+            if exc.failure is Failure.NOT_FOUND:
+                return []
+            raise
+        return [urllib.parse.unquote(n) if scheme_of(dir_url) in HTTP_SCHEMES else n for n in names]
 
     def turl(self, url: str) -> str:
         rewritten = self.rewrite(url)

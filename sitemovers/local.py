@@ -93,6 +93,7 @@ class LocalSiteMover(SiteMover):
     schemes = ("file", "")
     direct_read = True  # a payload on a node that mounts the storage reads the file where it is
     server_checksum = True
+    rename_noreplace = True  # published by a hard link, which never replaces a file
 
     def fetch(self, source: str, tmp: Path, expected: Expected,
               cancel: Optional[threading.Event]) -> RemoteFile:
@@ -160,7 +161,7 @@ class LocalSiteMover(SiteMover):
         except OSError as exc:
             raise os_failure(exc, url) from None
 
-    def rename(self, src_url: str, dst_url: str) -> None:
+    def _rename(self, src_url: str, dst_url: str) -> None:
         """A hard link never replaces a file (EEXIST): the publication is atomic and never overwrites."""
         src, dst = local_path(self.rewrite(src_url)), local_path(self.rewrite(dst_url))
         try:
@@ -174,6 +175,14 @@ class LocalSiteMover(SiteMover):
             return
         os.unlink(src)
         _fsync_dir(dst.parent)
+
+    def listdir(self, dir_url: str) -> list[str]:
+        try:
+            return os.listdir(local_path(self.rewrite(dir_url)))
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise os_failure(exc, dir_url) from None
 
     def turl(self, url: str) -> str:
         """The file's path on the mounted storage (POSIX direct access)."""
@@ -226,6 +235,7 @@ class LsmSiteMover(SiteMover):
     name = "lsm"
     schemes = ("srm", "root", "file", "")
     needs_setup = True
+    rename_noreplace = True  # no rename at all: lsm-put publishes (and refuses a different file) itself
 
     def _options(self, expected: Expected) -> list[str]:
         options = []
@@ -282,6 +292,6 @@ class LsmSiteMover(SiteMover):
         run(["lsm-rm", self.rewrite(url)], setup=self.settings.setup, timeout=120.0,
             classify=lsm_classify)
 
-    def rename(self, src_url: str, dst_url: str) -> None:
+    def _rename(self, src_url: str, dst_url: str) -> None:
         raise TransferError(Failure.UNSUPPORTED, "lsm has no rename")
 

@@ -1,6 +1,9 @@
 """Run by the site's rucio client Python (not the pilot's): one rucio-clients API call, one JSON answer.
 
-    python3 rucio_call.py {download|upload|stat|remove|turl} '<json arguments>'
+    python3 -c "<this module's source>" {download|upload|stat|remove|turl|pfn} '<json arguments>'
+
+The pilot reads this source as package data (it may live inside the one-file bundle, where no path
+names it) and hands it over with `-c`; `python3 rucio_call.py ...` does the same from a checkout.
 
 Standard library and rucio-clients only, so that any interpreter with rucio-clients runs it (the one a
 site's setup script puts on PATH). The answer is one JSON object on the last line of stdout:
@@ -10,13 +13,23 @@ with exit code 1. The client's own traces are off: the pilot sends one trace per
 
 from __future__ import annotations
 
+import os
+import sys
+
+if __name__ == "__main__":
+    # Run with -c, the current directory comes first on sys.path; run as a script, this file's directory
+    # (which holds the pilot's rucio.py). Neither may shadow a module: the client's `rucio` package and
+    # the standard library must win over whatever a work directory holds. (os and sys are loaded already.)
+    _shadows = {os.path.abspath(os.curdir)}
+    if "__file__" in globals():
+        _shadows.add(os.path.dirname(os.path.abspath(__file__)))
+    sys.path[:] = [_entry for _entry in sys.path if os.path.abspath(_entry or os.curdir) not in _shadows]
+
 import json
 import logging
-import os
 import shutil
-import sys
 import tempfile
-from typing import Any
+from typing import Any, Optional
 
 FAILURES = {  # rucio exception class name -> sitemovers Failure value
     "DataIdentifierNotFound": "not_found",
@@ -31,7 +44,6 @@ FAILURES = {  # rucio exception class name -> sitemovers Failure value
     "CannotAuthenticate": "auth",
     "InsufficientAccountLimit": "no_space",
     "ChecksumCalculationError": "checksum_mismatch",
-    "RucioException": "failed",
 }
 STATES = {"FAIL_VALIDATE": "checksum_mismatch", "FILE_NOT_FOUND": "not_found", "SERVICE_ERROR": "failed"}
 
@@ -54,44 +66,128 @@ def _protocol(args: dict[str, Any], operation: str) -> tuple[Any, str]:
 
 
 def download(args: dict[str, Any]) -> dict[str, Any]:
+    """Many DIDs in one client call: {"files": [{scope, name, rse, dir}, ...]} -> {"files": [<outcome>, ...]}
+    in that order, each {"ok": true, path, fsize, adler32} or {"ok": false, failure, diag}. A call the client
+    refuses as a whole (one DID unknown to the catalogue, say) is made again file by file, so that each
+    file gets its own outcome."""
+    files = args["files"]
+    timeout = int(args.get("timeout") or 600)
+    try:
+        return {"files": _download(files, timeout)}
+    except Exception as exc:  # noqa: BLE001 - the whole call failed: each file on its own
+        if len(files) == 1:
+            return {"files": [_failed(exc)]}
+    outcomes = []
+    for one in files:
+        try:
+            outcomes += _download([one], timeout)
+        except Exception as exc:  # noqa: BLE001 - this file's outcome
+            outcomes.append(_failed(exc))
+    return {"files": outcomes}
+
+
+def _download(files: list[dict[str, Any]], timeout: int) -> list[dict[str, Any]]:
     from rucio.client.downloadclient import DownloadClient
 
+    items = []
+    for one in files:
+        item = {"did": f"{one['scope']}:{one['name']}", "base_dir": one["dir"], "no_subdir": True,
+                "transfer_timeout": timeout}
+        if one.get("rse"):
+            item["rse"] = one["rse"]
+        items.append(item)
     traces: list[dict[str, Any]] = []
-    item = {"did": f"{args['scope']}:{args['name']}", "base_dir": args["dir"], "no_subdir": True,
-            "transfer_timeout": int(args.get("timeout") or 600)}
-    if args.get("rse"):
-        item["rse"] = args["rse"]
-    try:
-        result = DownloadClient(logger=_quiet(), tracing=False).download_dids([item], traces_copy_out=traces)
-    except Exception as exc:
-        states = [trace.get("clientState", "") for trace in traces]
-        reasons = [str(trace.get("stateReason") or "") for trace in traces if trace.get("stateReason")]
-        failure = next((STATES[s] for s in states if s in STATES), _failure(exc))
-        raise Failed(failure, "; ".join(reasons[-1:]) or _diag(exc)) from None
-    entry = result[0]
-    path = (entry.get("dest_file_paths") or [os.path.join(args["dir"], args["name"])])[0]
-    return {"path": path, "fsize": os.path.getsize(path), "adler32": entry.get("adler32") or ""}
+    result = DownloadClient(logger=_quiet(), tracing=False).download_dids(
+        items, traces_copy_out=traces, deactivate_file_download_exceptions=True)
+    by_did = {str(entry.get("did")): entry for entry in result}
+    outcomes = []
+    for one in files:
+        entry = by_did.get(f"{one['scope']}:{one['name']}", {})
+        if _state(entry.get("clientState")) in ("DONE", "ALREADY_DONE"):
+            path = (entry.get("dest_file_paths") or [os.path.join(one["dir"], one["name"])])[0]
+            outcomes.append({"ok": True, "path": path, "fsize": os.path.getsize(path),
+                             "adler32": entry.get("adler32") or ""})
+            continue
+        trace = _trace_of(traces, one)
+        state = _state(trace.get("clientState") or entry.get("clientState"))
+        reason = " ".join(str(trace.get("stateReason") or f"download ended in state {state or 'unknown'}").split())
+        outcomes.append({"ok": False, "failure": STATES.get(state) or _failure_text(reason), "diag": reason[:400]})
+    return outcomes
 
 
 def upload(args: dict[str, Any]) -> dict[str, Any]:
+    """Many files in one client call: {"files": [{scope, name, rse, path, guid}, ...], "register"} ->
+    {"files": [<outcome>, ...]} in that order, each {"ok": true, pfn, fsize, adler32} or {"ok": false,
+    failure, diag}. A DID the client finds at the RSE already is skipped by it: never replaced (exists)."""
     from rucio.client.uploadclient import UploadClient
 
     register = bool(args.get("register"))
-    item = {"path": args["path"], "rse": args["rse"], "did_scope": args["scope"], "did_name": args["name"],
-            "no_register": not register, "register_after_upload": register,
-            "transfer_timeout": int(args.get("timeout") or 600)}
-    if args.get("guid"):
-        item["guid"] = args["guid"]
+    items = []
+    for one in args["files"]:
+        item = {"path": one["path"], "rse": one["rse"], "did_scope": one["scope"], "did_name": one["name"],
+                "no_register": not register, "register_after_upload": register,
+                "transfer_timeout": int(args.get("timeout") or 600)}
+        if one.get("guid"):
+            item["guid"] = one["guid"]
+        items.append(item)
+    traces: list[dict[str, Any]] = []
     summary = os.path.join(tempfile.mkdtemp(prefix="rucio-upload-"), "summary.json")
+    error: Optional[BaseException] = None
     try:
-        UploadClient(logger=_quiet(), tracing=False).upload([item], summary_file_path=summary)
+        UploadClient(logger=_quiet(), tracing=False).upload(items, summary_file_path=summary, traces_copy_out=traces)
+    except Exception as exc:  # noqa: BLE001 - per file below
+        error = exc
+    try:
         with open(summary) as handle:
-            done = next(iter(json.load(handle).values()))
-    except Exception as exc:
-        raise Failed(_failure(exc), _diag(exc)) from None
+            done = json.load(handle)
+    except (OSError, ValueError):
+        done = {}
     finally:
         shutil.rmtree(os.path.dirname(summary), ignore_errors=True)
-    return {"pfn": done.get("pfn", ""), "fsize": done.get("bytes"), "adler32": done.get("adler32") or ""}
+    outcomes = []
+    for position, one in enumerate(args["files"]):
+        entry = done.get(f"{one['scope']}:{one['name']}")
+        if entry is not None:
+            outcomes.append({"ok": True, "pfn": entry.get("pfn", ""), "fsize": entry.get("bytes"),
+                             "adler32": entry.get("adler32") or ""})
+            continue
+        # one trace per file, in order (a file the client skips has no file name in its trace yet)
+        trace = traces[position] if len(traces) == len(items) else _trace_of(traces, one)
+        reason = " ".join(str(trace.get("stateReason") or "").split())
+        if _state(trace.get("clientState")) != "FAILED" and (reason == "File already exists" or error is None):
+            outcomes.append({"ok": False, "failure": "exists",
+                             "diag": f"{one['scope']}:{one['name']} is at {one['rse']} already: not replaced"})
+        else:
+            _remove_upload_leftover(one)
+            outcomes.append({"ok": False, "failure": _failure_text(reason), "diag": reason[:400]} if reason
+                            else _failed(error or RuntimeError("not uploaded")))
+    return {"files": outcomes}
+
+
+def _remove_upload_leftover(one: dict[str, Any]) -> None:
+    """A failed upload leaves the client's temporary `<pfn>.rucio.upload` (a storage that filled up, a
+    lost connection): it goes now, not at the client's next upload of that DID, which may never come."""
+    try:
+        protocol, pfn = _protocol(one, "delete")
+        if protocol.exists(f"{pfn}.rucio.upload"):
+            protocol.delete(f"{pfn}.rucio.upload")
+    except Exception:  # noqa: BLE001 - best effort: the upload's own failure is what is reported
+        pass
+
+
+def _trace_of(traces: list[dict[str, Any]], one: dict[str, Any]) -> dict[str, Any]:
+    """The client's trace of this file (the last one: a retried download has several)."""
+    mine = [trace for trace in traces if trace.get("filename") == one["name"] and trace.get("scope") == one["scope"]]
+    return mine[-1] if mine else {}
+
+
+def _state(value: Any) -> str:
+    """A client state (the download client's are enum members) as its name."""
+    return str(getattr(value, "value", value) or "")
+
+
+def _failed(exc: BaseException) -> dict[str, Any]:
+    return {"ok": False, "failure": _failure(exc), "diag": _diag(exc)}
 
 
 def stat(args: dict[str, Any]) -> dict[str, Any]:
@@ -121,15 +217,29 @@ def turl(args: dict[str, Any]) -> dict[str, Any]:
     return {"pfn": _protocol(args, "read")[1]}
 
 
+def pfn(args: dict[str, Any]) -> dict[str, Any]:
+    """Where the RSE's protocol keeps the DID (its delete protocol: what may remove files there)."""
+    return {"pfn": _protocol(args, "delete")[1]}
+
+
 def _failure(exc: BaseException) -> str:
     for klass in type(exc).__mro__:
         if klass.__name__ in FAILURES:
             return FAILURES[klass.__name__]
-    text = str(exc).lower()
+    return _failure_text(str(exc))
+
+
+def _failure_text(text: str) -> str:
+    """A failure from the words of a storage error (the client passes the protocol's message on)."""
+    text = text.lower()
     if "checksum" in text:
         return "checksum_mismatch"
     if "no such file" in text or "not found" in text:
         return "not_found"
+    if "read-only file system" in text or "permission denied" in text or "not authorized" in text:
+        return "auth"
+    if "no space left" in text or "quota exceeded" in text:
+        return "no_space"
     return "failed"
 
 
@@ -150,14 +260,10 @@ def _quiet() -> Any:
     return logger
 
 
-COMMANDS = {"download": download, "upload": upload, "stat": stat, "remove": remove, "turl": turl}
+COMMANDS = {"download": download, "upload": upload, "stat": stat, "remove": remove, "turl": turl, "pfn": pfn}
 
 
 def main(argv: list[str]) -> int:
-    # Run as a script, its own directory comes first on sys.path, and it holds the pilot's rucio.py:
-    # the client's `rucio` package must win.
-    here = os.path.dirname(os.path.abspath(__file__))
-    sys.path[:] = [entry for entry in sys.path if os.path.abspath(entry or os.curdir) != here]
     if len(argv) != 3 or argv[1] not in COMMANDS:
         print(json.dumps({"ok": False, "failure": "unsupported", "diag": f"usage: {argv[0]} "
                           f"{{{'|'.join(COMMANDS)}}} JSON"}))

@@ -122,15 +122,23 @@ class XRootDSiteMover(SiteMover):
             if exc.failure is not Failure.NOT_FOUND:
                 raise
 
-    def rename(self, src_url: str, dst_url: str) -> None:
-        # XRootD's mv replaces an existing target: look first.
-        if self.stat(dst_url) is not None:
-            raise TransferError(Failure.EXISTS, f"{dst_url}: already exists, not replaced")
+    def _rename(self, src_url: str, dst_url: str) -> None:
         server, src_path = split_root_url(self.rewrite(src_url))
         dst_server, dst_path = split_root_url(self.rewrite(dst_url))
         if dst_server != server:
             raise TransferError(Failure.UNSUPPORTED, f"{src_url} -> {dst_url}: rename across servers")
         self._run(["xrdfs", server, "mv", src_path, dst_path], META_TIMEOUT)
+
+    def listdir(self, dir_url: str) -> list[str]:
+        """`xrdfs ls` prints each entry's full path, one a line (names with a newline cannot be told
+        apart: they are never a partial name of ours and are left alone)."""
+        try:
+            done = self._xrdfs(dir_url, "ls")
+        except TransferError as exc:
+            if exc.failure is Failure.NOT_FOUND:
+                return []
+            raise
+        return [line.rpartition("/")[2] for line in done.stdout.splitlines() if line.strip()]
 
     def turl(self, url: str) -> str:
         return self._url(url)

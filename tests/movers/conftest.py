@@ -7,11 +7,12 @@ its mover, where its storage lives, and how to place, read and list files there 
 Adding a family (e.g. xrootd against the server on loopback):
 1. write a fixture `family_<name>(tmp_path, ...) -> Family` here (or in a module imported here), using
    the session-scoped server fixture of that family; skip with a reason when the server cannot run;
-2. add `"<name>"` to FAMILIES.
+2. add `"<name>"` to FAMILIES and to tests/movers/matrix.py (FAMILY_NAMES).
 Optional capabilities: `hang_settings` (MoverSettings under which the mover's tool hangs, for the
 timeout and cancel tests: e.g. a setup script that puts a hanging tool first in PATH), `failing_setup`
 (settings whose setup script fails), `readonly` and `full` (context managers making the storage refuse
-writes / run out of space). A family without one gets those tests skipped with the reason given.
+writes / run out of space). A case a family cannot provoke is not generated for it: its reason goes in
+tests/movers/matrix.py (EXCLUDED), which also prints the mover x test table.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -30,6 +31,7 @@ import pytest
 from sitemovers.base import MoverSettings, SiteMover
 from sitemovers.castor import CastorSiteMover, RfcpLfcSiteMover
 from sitemovers.local import LocalSiteMover, LsmSiteMover
+from tests.movers.matrix import families_for
 
 TOOLS = Path(__file__).resolve().parents[2] / "sitemovers" / "tools"
 STANDINS = Path(__file__).resolve().parents[1] / "standins"
@@ -47,7 +49,6 @@ class Family:
     failing_setup: Optional[MoverSettings] = None
     readonly: Optional[Callable[[], contextlib.AbstractContextManager]] = None
     full: Optional[Callable[[], contextlib.AbstractContextManager]] = None
-    skip_reasons: dict[str, str] = field(default_factory=dict)
 
     def mover(self, settings: Optional[MoverSettings] = None) -> SiteMover:
         return self.make(settings or MoverSettings())
@@ -122,12 +123,7 @@ def failing_setup_settings(tmp_path: Path) -> MoverSettings:
 # --- the families -------------------------------------------------------------------------------------
 def family_local(tmp_path: Path) -> Family:
     root = tmp_path / "se"
-    family = directory_family("local", root, LocalSiteMover, lambda rel: f"file://{root}/{rel}")
-    family.skip_reasons = {
-        "timeout": "local copies in-process: there is no command to hang (a FIFO source is refused instead)",
-        "setup": "local needs no setup script",
-    }
-    return family
+    return directory_family("local", root, LocalSiteMover, lambda rel: f"file://{root}/{rel}")
 
 
 def family_lsm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Family:
@@ -186,7 +182,13 @@ def _storage_families() -> dict:
 FAMILIES.update(_storage_families())
 
 
-@pytest.fixture(params=sorted(FAMILIES))
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Each contract test runs over the families that can provoke its case (tests/movers/matrix.py)."""
+    if "family" in metafunc.fixturenames:
+        metafunc.parametrize("family", families_for(metafunc.function.__name__, sorted(FAMILIES)), indirect=True)
+
+
+@pytest.fixture
 def family(request, tmp_path) -> Family:
     return FAMILIES[request.param](request, tmp_path)
 

@@ -1,17 +1,24 @@
 """The contract suite's real-storage families: xrootd and gfal (root://, davs://) against the XRootD server
-on loopback (tests/servers/xrootd.py), gfal on file://, and rucio against the Rucio server.
+on loopback (tests/servers/xrootd.py), gfal on file://, and rucio against the Rucio server on loopback
+(tests/servers/rucio.py: its RSE on that XRootD).
 
 The storage is looked at behind the mover's back: the XRootD export is a directory on this machine, and
 files placed there for a test belong to the server's account, as if the server had written them."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import os
+import secrets
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
+from sitemovers.base import MoverSettings, SiteMover
 from sitemovers.gfal import GfalSiteMover, load_gfal2
+from sitemovers.rucio import RucioSiteMover
 from sitemovers.xrootd import XRootDSiteMover
 from tests.movers.conftest import (
     Family,
@@ -21,6 +28,7 @@ from tests.movers.conftest import (
     read_only,
     small_tmpfs,
 )
+from tests.servers.rucio import SCOPE as RUCIO_SCOPE
 from tests.servers.xrootd import XRootDServer
 
 _serial = itertools.count()
@@ -60,22 +68,10 @@ def needs_gfal2() -> None:
         pytest.skip(f"gfal2 bindings not available: {exc}")
 
 
-ROOT_SKIPS = {
-    "hostile": "a root:// URL cannot carry '?' (it starts XRootD's opaque part): such a name is refused "
-               "(UNSUPPORTED, one line), tested with the other hostile names in tests/storage",
-}
-GFAL_SKIPS = {
-    "timeout": "gfal2 runs in-process, no command to hang: its own transfer timeout ends a stalled copy "
-               "(tests/storage: the XRootD stopped mid-transfer)",
-    "setup": "the gfal mover sources no setup script (the bindings are loaded in-process)",
-}
-
-
 def family_xrootd(request: pytest.FixtureRequest, tmp_path: Path) -> Family:
     server = request.getfixturevalue("xrootd_server")
     family = served_directory_family("xrootd", server, XRootDSiteMover, server.root_url)
     family.hang_settings = hanging_tool_settings(tmp_path, "xrdcp", "xrdfs")
-    family.skip_reasons = dict(ROOT_SKIPS)
     family.failing_setup = failing_setup_settings(tmp_path)
     return family
 
@@ -83,9 +79,7 @@ def family_xrootd(request: pytest.FixtureRequest, tmp_path: Path) -> Family:
 def family_gfal_root(request: pytest.FixtureRequest, tmp_path: Path) -> Family:
     needs_gfal2()
     server = request.getfixturevalue("xrootd_server")
-    family = served_directory_family("gfal-root", server, GfalSiteMover, server.root_url)
-    family.skip_reasons = {**GFAL_SKIPS, **ROOT_SKIPS}
-    return family
+    return served_directory_family("gfal-root", server, GfalSiteMover, server.root_url)
 
 
 def family_gfal_davs(request: pytest.FixtureRequest, tmp_path: Path) -> Family:
@@ -93,13 +87,7 @@ def family_gfal_davs(request: pytest.FixtureRequest, tmp_path: Path) -> Family:
     server = request.getfixturevalue("xrootd_server")
     request.getfixturevalue("monkeypatch").setenv("X509_CERT_DIR", str(server.ca_dir))
     family = served_directory_family("gfal-davs", server, GfalSiteMover, server.davs_url)
-    # XrdHttp answers a write to a read-only or full file system with HTTP 500 or a dropped connection:
-    # nothing tells them from other server errors (they fail as FAILED, nothing left: tests/storage).
-    family.readonly = family.full = None
-    family.skip_reasons = {**GFAL_SKIPS, "readonly": "XrdHttp reports a read-only file system as HTTP 500",
-                           "full": "XrdHttp drops the connection when its file system is full",
-                           "hostile": "'?' cannot travel in XRootD's http URLs (refused in one line; the other "
-                                      "hostile names are tested in tests/storage)"}
+    family.readonly = family.full = None  # not provokable over XrdHttp (tests/movers/matrix.py)
     return family
 
 
@@ -107,9 +95,65 @@ def family_gfal_file(request: pytest.FixtureRequest, tmp_path: Path) -> Family:
     needs_gfal2()
     root = tmp_path / "se"
     family = directory_family("gfal-file", root, GfalSiteMover, lambda rel: f"file://{root}/{rel}")
-    family.full = None  # gfal2's file plugin reports a full disk as a checksum mismatch (nothing is left)
-    family.skip_reasons = {**GFAL_SKIPS, "full": "gfal2's file plugin does not report ENOSPC: a full disk ends "
-                                                 "as a checksum mismatch, with nothing left"}
+    family.full = None  # not provokable with gfal2's file plugin (tests/movers/matrix.py)
+    return family
+
+
+# --- rucio: the RSE XRD_DISK of the Rucio server on loopback, whose storage is the XRootD export ------------
+RUCIO_RSE = "XRD_DISK"
+# Run by the client venv: upload and register a file, as a site or another job would have put it there
+# (without the client's own trace: the server's trace file is the pilot's traces, read by the tests).
+RUCIO_PLACE = """\
+import logging, sys
+from rucio.client.uploadclient import UploadClient
+class Logger(logging.Logger):  # the client calls its logger, and calls its .log
+    def __call__(self, level, msg, *args, **kwargs):
+        self.log(level, msg, *args, **kwargs)
+path, rse, scope = sys.argv[1:4]
+item = {"path": path, "rse": rse, "did_scope": scope, "register_after_upload": True}
+UploadClient(logger=Logger("place"), tracing=False).upload([item])
+"""
+
+
+def family_rucio(request: pytest.FixtureRequest, tmp_path: Path) -> Family:
+    """Files are DIDs `tests:<area>.<relative path with dots>` (the session's catalogue keeps every name
+    once, so each test has its own area); the RSE places them by its hash algorithm under its directory
+    of the XRootD export, where `read` and `listing` look for them by name."""
+    server = request.getfixturevalue("rucio_server")
+    xrootd = request.getfixturevalue("xrootd_server")
+    area = f"c{next(_serial)}x{secrets.token_hex(3)}"
+    scope_dir = xrootd.data / "rucio" / RUCIO_SCOPE
+    setup = str(server.setup_script())
+
+    def did_name(rel: str) -> str:
+        return f"{area}.{rel.replace('/', '.')}"
+
+    def make(settings: MoverSettings) -> SiteMover:
+        return RucioSiteMover(settings if settings.setup else dataclasses.replace(settings, setup=setup))
+
+    def place(rel: str, data: bytes) -> None:
+        local = tmp_path / "placed" / did_name(rel)
+        local.parent.mkdir(exist_ok=True)
+        local.write_bytes(data)
+        server.client(RUCIO_PLACE, str(local), RUCIO_RSE, RUCIO_SCOPE)
+
+    def stored(prefix: str) -> dict[str, Path]:
+        return {name[len(prefix):]: Path(root) / name for root, _dirs, names in os.walk(scope_dir)
+                for name in names if name.startswith(prefix)}
+
+    def read(rel: str) -> Optional[bytes]:
+        path = stored(did_name(rel)).get("")
+        return path.read_bytes() if path is not None else None
+
+    def listing(rel: str) -> list[str]:
+        return sorted(stored(did_name(rel) + "."))
+
+    scope_dir.mkdir(parents=True, exist_ok=True)
+    xrootd.chown(scope_dir)
+    family = Family("rucio", make, lambda rel: f"rucio://{RUCIO_RSE}/{RUCIO_SCOPE}/{did_name(rel)}", place, read,
+                    listing, readonly=lambda: read_only(scope_dir), full=lambda: small_tmpfs(scope_dir))
+    family.hang_settings = hanging_tool_settings(tmp_path, "python3")
+    family.failing_setup = failing_setup_settings(tmp_path)
     return family
 
 
@@ -118,4 +162,5 @@ STORAGE_FAMILIES = {
     "gfal-root": family_gfal_root,
     "gfal-davs": family_gfal_davs,
     "gfal-file": family_gfal_file,
+    "rucio": family_rucio,
 }

@@ -16,10 +16,20 @@ from pathlib import Path
 import pytest
 
 from pilot.config import QueueConfig
+from pilot.errors import ErrorCode, PilotError
 from pilot.job import FileSpec
 from pilot.journal import Journal
 from pilot.staging import StageItem, Stager
-from sitemovers.base import Direction, Expected, Failure, MoverSettings, Outcome, TransferError
+from sitemovers.base import (
+    Direction,
+    Expected,
+    Failure,
+    MoverSettings,
+    Outcome,
+    TransferError,
+    is_partial,
+    partial_name,
+)
 from sitemovers.checksum import Checksum
 from sitemovers.registry import Registry
 
@@ -43,11 +53,6 @@ def local_dir(tmp_path) -> Path:
     path = tmp_path / "work"
     path.mkdir()
     return path
-
-
-def skip_unless(family, what: str, capability) -> None:
-    if capability is None:
-        pytest.skip(family.skip_reasons.get(what, f"{family.name} has no way to provoke this here"))
 
 
 # --- get --------------------------------------------------------------------------------------------------
@@ -83,7 +88,6 @@ def test_get_checksum_mismatch_corrupted_source(family, local_dir):
 
 
 def test_get_hostile_name(family, local_dir):
-    skip_unless(family, "hostile", None if "hostile" in family.skip_reasons else True)
     family.place(f"data/{HOSTILE}", DATA)
     family.mover().get(family.url(f"data/{HOSTILE}"), local_dir / HOSTILE, Expected(len(DATA), adler(DATA)))
     assert (local_dir / HOSTILE).read_bytes() == DATA
@@ -101,7 +105,6 @@ def test_get_cancelled(family, local_dir):
 
 
 def test_get_timeout_kills_the_tool(family, local_dir):
-    skip_unless(family, "timeout", family.hang_settings)
     family.place("data/in.root", DATA)
     settings = MoverSettings(**{**vars(family.hang_settings), "timeout": 1.0})
     err = failure_of(lambda: family.mover(settings).get(family.url("data/in.root"), local_dir / "in.root",
@@ -111,7 +114,6 @@ def test_get_timeout_kills_the_tool(family, local_dir):
 
 
 def test_failing_setup_script(family, local_dir):
-    skip_unless(family, "setup", family.failing_setup)
     family.place("data/in.root", DATA)
     err = failure_of(lambda: family.mover(family.failing_setup).get(family.url("data/in.root"),
                                                                     local_dir / "in.root", Expected()))
@@ -149,7 +151,6 @@ def test_put_checksum_mismatch(family, local_dir):
 
 
 def test_put_hostile_name(family, local_dir):
-    skip_unless(family, "hostile", None if "hostile" in family.skip_reasons else True)
     family.mover().put(output(local_dir, HOSTILE), family.url(f"out/{HOSTILE}"), Expected(len(DATA), guid=GUID))
     assert family.read(f"out/{HOSTILE}") == DATA
     assert family.listing("out") == [HOSTILE] and not Path("pwned").exists()
@@ -165,7 +166,6 @@ def test_put_cancelled(family, local_dir):
 
 
 def test_put_timeout_kills_the_tool(family, local_dir):
-    skip_unless(family, "timeout", family.hang_settings)
     settings = MoverSettings(**{**vars(family.hang_settings), "timeout": 1.0})
     err = failure_of(lambda: family.mover(settings).put(output(local_dir), family.url("out/out.root"),
                                                         Expected(len(DATA), guid=GUID)))
@@ -197,7 +197,6 @@ def test_put_already_done_through_staging(family, local_dir, tmp_path):
 
 
 def test_put_permission_denied(family, local_dir):
-    skip_unless(family, "readonly", family.readonly)
     family.place("out/keep", b"")
     with family.readonly():
         err = failure_of(lambda: family.mover().put(output(local_dir), family.url("out/out.root"),
@@ -207,10 +206,71 @@ def test_put_permission_denied(family, local_dir):
 
 
 def test_put_storage_out_of_space(family, local_dir):
-    skip_unless(family, "full", family.full)
     big = os.urandom(2 << 20)
     with family.full():
         err = failure_of(lambda: family.mover().put(output(local_dir, data=big), family.url("out/out.root"),
                                                     Expected(len(big), guid=GUID)))
         assert err.failure is Failure.NO_SPACE
         assert family.listing("out") == []
+
+
+# --- recovery and many files ------------------------------------------------------------------------------
+def test_remove_partials_touches_only_ours(family, local_dir):
+    """What a dead pilot's puts left beside a destination goes; nothing else there, not even a name that
+    merely looks like ours."""
+    ours = sorted({partial_name("out.root"), partial_name("out.root")})
+    others = sorted([".out.root.12345.part", partial_name("other.root"), "out.root.rucio.upload", ".out.root.part",
+                     "out.root", "x.out.root." + "a" * 12 + ".part"])
+    for name in ours + others:
+        family.place(f"out/{name}", b"left over")
+    removed = family.mover().remove_partials(family.url("out/out.root"))
+    assert sorted(removed) == [family.url(f"out/{name}") for name in ours]
+    assert family.listing("out") == others
+
+
+def test_bulk_staging_keeps_per_file_outcomes(family, local_dir, tmp_path):
+    """Three inputs (the last one corrupted) and two outputs (the second's destination holds another file)
+    through the staging loop: each file has its own outcome and journal event, whether the mover moves
+    them one by one or all in one call (`bulk`)."""
+    stager = Stager(QueueConfig(name="Q", stagein_retries=1, stageout_retries=1, transfer_threads=2), Registry(),
+                    threading.Event())
+    stager.movers = lambda direction: [family.mover()]
+    journal = Journal.create(local_dir, 1, 1, "Q", "node", {"PandaID": "1"})
+    family.place("data/a.root", DATA)
+    family.place("data/b.root", DATA[:500])
+    family.place("data/c.root", DATA[:100] + b"X" + DATA[101:])
+    inputs = [StageItem(FileSpec(name, "input"), family.url(f"data/{name}"), str(local_dir / name),
+                        Expected(len(data), adler(data), lfn=name))
+              for name, data in (("a.root", DATA), ("b.root", DATA[:500]), ("c.root", DATA))]
+    with pytest.raises(PilotError) as failed_in:
+        stager.transfer(Direction.IN, inputs, journal)
+    assert failed_in.value.code == ErrorCode.GET_ADLER32_MISMATCH
+    assert [journal.file_info("in", n) is not None for n in ("a.root", "b.root", "c.root")] == [True, True, False]
+    assert (local_dir / "b.root").read_bytes() == DATA[:500]
+    left = os.listdir(local_dir)
+    assert "c.root" not in left and not [n for n in left if is_partial(n) or n.endswith(".d")], left
+
+    family.place("out/taken.root", b"another job's file")
+    outputs = [StageItem(FileSpec(name, "output", guid=GUID), str(output(local_dir, name, data)),
+                         family.url(f"out/{name}"), Expected(None)) for name, data in (("new.root", DATA),
+                                                                                        ("taken.root", DATA))]
+    with pytest.raises(PilotError) as failed_out:
+        stager.transfer(Direction.OUT, outputs, journal)
+    assert failed_out.value.code == ErrorCode.FILE_EXISTS
+    assert journal.file_info("out", "new.root") is not None and journal.file_info("out", "taken.root") is None
+    assert family.read("out/new.root") == DATA and family.read("out/taken.root") == b"another job's file"
+    assert family.listing("out") == ["new.root", "taken.root"]
+
+
+def test_the_table_covers_every_contract_test_and_family():
+    """tests/movers/matrix.py (the mover x test table) names each test of this suite and each family."""
+    from tests.movers.conftest import FAMILIES
+    from tests.movers.matrix import CASES, EXCLUDED, FAMILY_NAMES, table
+
+    contract_tests = {name for name, value in globals().items()
+                      if name.startswith("test_") and "family" in value.__code__.co_varnames}
+    assert set(CASES) == contract_tests
+    assert set(FAMILY_NAMES) == set(FAMILIES) and set(EXCLUDED) <= set(FAMILY_NAMES)
+    cases = set(CASES.values())
+    assert all(set(reasons) <= cases for reasons in EXCLUDED.values())
+    assert table().count("\n| ") == len(CASES)  # a row per test, after the header

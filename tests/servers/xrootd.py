@@ -1,8 +1,17 @@
 """A real XRootD server on loopback (Debian xrootd-server), with its HTTP plugin (XrdHttp) for davs://.
 
 XRootD refuses to run as root: as root it is started with `-R nobody` and its export and admin
-directories belong to that account. It listens on its two ports and accepts connections from the
-loopback address only (`xrd.allow host localhost`: any other peer is refused at accept). Checksums are
+directories belong to that account.
+
+Loopback only: XRootD 5 cannot bind a listening socket to one address. Every listener (the root://
+port and each `xrd.protocol` port) is opened by `XrdNet::Bind`, which calls `XrdNetSocket::Open(0, port)`:
+no host, so the address is INADDR_ANY / in6addr_any (xrootd 5.5.3, Debian 12, and its current master
+alike). No directive or option changes that: `xrd.network` sets DNS, keep-alive and routing of
+the addresses the server advertises, `xrd.port ... if <host>` is a conditional (which host's
+configuration this line is), and `-I v4|v6` picks the address family of the wildcard. What restricts
+the server instead is `xrd.allow host localhost`: a connection from any peer address but loopback's is
+closed at accept, before the protocol starts (tests/storage/test_real_movers.py reaches the server at
+this machine's other address and is refused). Checksums are
 adler32, computed by the server. The HTTP port speaks TLS with a throw-away CA's certificate for
 127.0.0.1 (`ca_dir`: the hashed CA directory a client names in X509_CERT_DIR). Started in the foreground
 as our child; stopped by that PID.

@@ -136,3 +136,37 @@ def test_remove(storage: Storage, tmp_path: Path) -> None:
     storage.mover.remove(storage.url("f"))
     storage.mover.remove(storage.url("f"))  # no error for a file that is gone
     assert storage.names() == []
+
+
+def _other_address() -> str:
+    """An address of this machine that is not loopback ('' when it has none)."""
+    import socket
+
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("192.0.2.1", 9))  # no packet is sent: the kernel picks the outgoing address
+        address = probe.getsockname()[0]
+    except OSError:
+        return ""
+    finally:
+        probe.close()
+    return "" if address.startswith("127.") else address
+
+
+def test_xrootd_server_refuses_any_peer_but_loopback(xrootd_server) -> None:
+    """XRootD listens on the wildcard address (it has no bind address: tests/servers/xrootd.py), so the
+    restriction is xrd.allow: the same request from this machine's other address is refused."""
+    import subprocess
+
+    other = _other_address()
+    if not other:
+        pytest.skip("this machine has no address but loopback to connect from")
+    env = {**os.environ, "XRD_CONNECTIONRETRY": "1", "XRD_CONNECTIONWINDOW": "10", "XRD_REQUESTTIMEOUT": "30"}
+
+    def stat_from(host: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["xrdfs", f"root://{host}:{xrootd_server.port}", "stat", str(xrootd_server.data)],
+                              capture_output=True, text=True, env=env, timeout=120)
+
+    assert stat_from("127.0.0.1").returncode == 0
+    refused = stat_from(other)
+    assert refused.returncode != 0 and "Size" not in refused.stdout

@@ -3,6 +3,7 @@ read back from where the real server stored them."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
@@ -14,6 +15,8 @@ from pilot.config import QueueConfig
 from pilot.errors import ErrorCode, PilotError
 from pilot.journal import Journal
 from pilot.staging import Stager
+from sitemovers.base import Outcome
+from sitemovers.checksum import file_checksum
 from sitemovers.registry import Registry
 from sitemovers.rucio import RucioSiteMover
 from tests.servers.common import free_port
@@ -136,3 +139,45 @@ def test_name_rucio_refuses_fails_in_one_line_and_leaves_nothing(rucio_server, t
     assert "\n" not in caught.value.diag and "a b.root" in caught.value.diag
     assert not any("a b.root" in str(path) for path in Path(rucio_server.base / "rse").rglob("*"))
     assert os.listdir(work) == ["a b.root"]  # no staging link left beside it
+
+
+def test_bulk_moves_a_jobs_files_in_one_client_call_each_way(rucio_server, tmp_path):
+    """The rucio mover is `bulk`: staging hands it all the job's inputs (then all its outputs) at once, one
+    client call each way; each file keeps its own journal event and its own trace."""
+    calls: list[str] = []
+
+    class Counted(RucioSiteMover):
+        def _call(self, command, args, timeout, cancel=None):
+            calls.append(command)
+            return super()._call(command, args, timeout, cancel)
+
+    tag = os.urandom(3).hex()
+    work = tmp_path / "work"
+    work.mkdir()
+    names = [f"bulk{n}.{tag}.root" for n in range(3)]
+    datas = [os.urandom(20_000 + n) for n in range(3)]
+    for name, data in zip(names, datas):
+        (work / name).write_bytes(data)
+    job = one_file_job("unused", b"", out=names[0], PandaID="79")
+    specs = [dataclasses.replace(job.outputs[0], lfn=name) for name in names]
+    queue = dict(copytool="bulkrucio", rucio_register=True, transfer_threads=2)
+    settings = dict(name="RUCIO_Q", se="rucio://XRD_DISK", copysetup=str(rucio_server.setup_script()),
+                    trace_url=rucio_server.trace_url, stagein_retries=1, stageout_retries=1, **queue)
+    staging = Stager(QueueConfig(**settings), Registry(extra={"bulkrucio": Counted}), threading.Event())
+    out_journal = journal(work, 79)
+    done = staging.stage_out(job, [(spec, work / spec.lfn) for spec in specs], out_journal)
+    assert calls == ["upload"] and [d.lfn for d in done] == names
+    assert all(out_journal.file_info("out", name)["fsize"] == len(data) for name, data in zip(names, datas))
+
+    calls.clear()
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    job_in = dataclasses.replace(job, inputs=[dataclasses.replace(spec, kind="input", fsize=len(data),
+                                                                  checksum=file_checksum(work / spec.lfn))
+                                              for spec, data in zip(specs, datas)])
+    got = staging.stage_in(job_in, inputs, journal(inputs, 80))
+    assert calls == ["download"] and [g.outcome for g in got] == [Outcome.COPIED] * 3
+    assert [(inputs / name).read_bytes() for name in names] == datas
+    for name in names:
+        events = {(t["eventType"], t["clientState"]) for t in traces_of(rucio_server, name)}
+        assert events == {("put_sm", "DONE"), ("get_sm", "DONE")}

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import shutil
+import subprocess
+import sys
 import time
+from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
@@ -15,6 +17,7 @@ from pilot.dispatcher.base import Command, DispatcherError, JobRequest, JobUpdat
 from pilot.dispatcher.local import PUSH_FILE, LocalDispatcher, parse_push_file
 
 REQUEST = JobRequest(site_name="Q", node="node01")
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -190,24 +193,29 @@ def test_our_directory_gone_is_a_dispatcher_failure_not_another_pilot(dispatcher
         dispatcher.get_job(REQUEST)
 
 
+# Each pilot its own interpreter (as on a node): a child forked from this threaded test process could inherit
+# a lock another thread held, and hang on it.
+DRAIN = """\
+import json, sys
+from pilot.dispatcher.base import JobRequest
+from pilot.dispatcher.local import LocalDispatcher
+dispatcher, request, got = LocalDispatcher(sys.argv[1]), JobRequest(site_name="Q", node="node01"), []
+while (job := dispatcher.get_job(request)) is not None:
+    got.append(int(job["PandaID"]))
+print(json.dumps(got))
+"""
+
+
 def test_eight_pilots_claim_each_of_many_jobs_exactly_once(root):
     LocalDispatcher(root)
     for number in range(1, 1601):
         put_job(root, f"{number}.json", number)
-    context = multiprocessing.get_context("fork")
-    with context.Pool(8) as pool:
-        claimed = pool.map(_drain, [root] * 8)
+    pilots = [subprocess.Popen([sys.executable, "-c", DRAIN, str(root)], stdout=subprocess.PIPE, text=True,
+                               cwd=REPO) for _ in range(8)]
+    claimed = [json.loads(pilot.communicate(timeout=240)[0]) for pilot in pilots]
     everything = [panda_id for one in claimed for panda_id in one]
     assert sorted(everything) == list(range(1, 1601))
     assert sorted(int(p.stem) for p in (root / "claimed").iterdir()) == list(range(1, 1601))
-
-
-def _drain(root) -> list[int]:
-    dispatcher = LocalDispatcher(root)
-    got = []
-    while (job := dispatcher.get_job(REQUEST)) is not None:
-        got.append(int(job["PandaID"]))
-    return got
 
 
 def test_reject_keeps_an_unidentified_definition(dispatcher, root):

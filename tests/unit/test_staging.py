@@ -60,7 +60,7 @@ def fake_mover(script: list):
         def stat(self, url):
             return None
 
-        fetch = send = remove = rename = None  # get/put are scripted whole
+        fetch = send = remove = _rename = None  # get/put are scripted whole
 
     return Fake
 
