@@ -35,6 +35,13 @@ def _positive(text: str) -> float:
     return value
 
 
+def _not_negative(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
 def _version_tag(text: str) -> str:
     try:
         return parse_tag(text).name
@@ -59,6 +66,9 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--access-point", type=Path,
                    help="Harvester push mode: the worker's access point holding the job (pandaJobData.out); "
                         "reports go to --dispatcher's server (truePilot) or, without one, to the factory's files")
+    p.add_argument("--worker-heartbeat", type=_not_negative, default=60.0, metavar="S",
+                   help="with --access-point: seconds between the worker's heartbeats for the factory "
+                        "(worker_heartbeat.json; 0: none)")
     p.add_argument("--dispatcher-api", choices=("v1", "legacy"), default="v1",
                    help="PanDA server dialect: v1 (/api/v1/pilot) or legacy (/server/panda)")
     p.add_argument("--queue-config", type=Path, help="YAML file with the queue's settings (schedconfig)")
@@ -186,7 +196,8 @@ def config_from_args(args: argparse.Namespace) -> PilotConfig:
         recovery=not args.no_recovery, lost_heartbeat=args.lost_heartbeat,
         pilot_id=pilot_id_field(args.pilot_id or f"{os.uname().nodename}:{os.getpid()}", tag),
         version_tag=tag.name, batch_id=args.batch_id, access_point=access_point, scheduler_id=args.scheduler_id,
-        harvester_id=args.harvester_id, worker_id=args.worker_id, cacert=args.cacert, capath=args.capath,
+        worker_heartbeat=args.worker_heartbeat, harvester_id=args.harvester_id, worker_id=args.worker_id,
+        cacert=args.cacert, capath=args.capath,
         cert=args.cert, key=args.key, proxy=args.proxy, token_file=args.token_file, origin=args.origin,
         request_timeout=args.request_timeout, retry_budget=args.retry_budget,
         pcache_report_field=args.pcache_report_field,

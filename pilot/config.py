@@ -231,6 +231,7 @@ class PilotConfig:
     version_tag: str = "PR"  # PR, RC, RCM, ALRB, PT (pilot/versiontag.py)
     batch_id: Optional[str] = None  # the batch system's job id (Slurm, HTCondor, ...)
     access_point: Optional[Path] = None  # Harvester push mode: the worker's access point
+    worker_heartbeat: float = 60.0  # s between the worker's heartbeats in the access point (0: none)
     scheduler_id: str = ""
     harvester_id: Optional[str] = None
     worker_id: Optional[int] = None

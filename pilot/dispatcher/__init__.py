@@ -12,7 +12,9 @@ from pilot.dispatcher.base import Dispatcher, DispatcherError, FailureKind
 
 def make_dispatcher(config: PilotConfig, stopping: threading.Event) -> Dispatcher:
     """The PanDA server for an http(s) URL, else the embedded directory dispatcher; with an access point,
-    Harvester's push mode (the job from its files, reports to the server or, without one, to its files).
+    Harvester's push mode (the job from its files, reports to the server or, without one, to its files; one
+    job per worker unless --max-jobs is above 1; after asking the factory for a job, the pilot watches for it
+    for --no-job-wait seconds).
 
     `stopping` shortens the retries once the pilot is told to end (a batch system's SIGTERM leaves
     little time): a request is then retried for a few seconds more and given up; whatever it carried
@@ -22,7 +24,8 @@ def make_dispatcher(config: PilotConfig, stopping: threading.Event) -> Dispatche
     if config.access_point is not None:
         from pilot.dispatcher.harvester import HarvesterDispatcher
 
-        return HarvesterDispatcher(config.access_point, reports=server)
+        return HarvesterDispatcher(config.access_point, reports=server, heartbeat=config.worker_heartbeat,
+                                   job_wait=config.no_job_wait, max_jobs=config.max_jobs, stopping=stopping)
     if server is not None:
         return server
     from pilot.dispatcher.local import LocalDispatcher

@@ -45,11 +45,19 @@ class Queue:
     true_pilot: bool
     pilot_command: str  # the batch script's command, with Harvester's {placeholders}
     workers: int = 2
+    late_binding: bool = False  # useJobLateBinding: workers go out without a job and ask for one
+    heartbeat_limit: int = 0  # messenger.worker_heartbeat: minutes a worker's heartbeat file may age (0: unchecked)
+    after_pilot: str = ""  # batch script lines after the pilot (the batch job holds its allocation on)
 
     def config(self, root: Path, template: Path) -> dict:
         plugin = "pandaharvester.harvester{}.{}".format
+        messenger = {"name": "SharedFileMessenger", "module": plugin("messenger", "shared_file_messenger"),
+                     "accessPoint": f"{root}/workers/{self.name}/${{workerID}}"}
+        if self.heartbeat_limit:
+            messenger["worker_heartbeat"] = self.heartbeat_limit
         return {
             "queueStatus": "online", "prodSourceLabel": "managed", "mapType": self.map_type,
+            "useJobLateBinding": self.late_binding,
             "truePilot": self.true_pilot, "nQueueLimitWorker": self.workers, "maxWorkers": self.workers,
             "maxNewWorkersPerCycle": self.workers, "nQueueLimitJob": self.workers, "maxSubmissionAttempts": 1,
             "preparator": {"name": "DummyPreparator", "module": plugin("preparator", "dummy_preparator")},
@@ -57,8 +65,7 @@ class Queue:
                           "templateFile": str(template), "nCore": 1, "nCorePerNode": 1,
                           "logDir": str(root / "batch-logs")},
             "workerMaker": {"name": "SimpleWorkerMaker", "module": plugin("workermaker", "simple_worker_maker")},
-            "messenger": {"name": "SharedFileMessenger", "module": plugin("messenger", "shared_file_messenger"),
-                          "accessPoint": f"{root}/workers/{self.name}/${{workerID}}"},
+            "messenger": messenger,
             "stager": {"name": "DummyStager", "module": plugin("stager", "dummy_stager")},
             "monitor": {"name": "SlurmBulkMonitor", "module": plugin("monitor", "slurm_bulk_monitor"),
                         "use_squeue_monitor": True},
@@ -66,12 +73,13 @@ class Queue:
         }  # fmt: skip
 
     def batch_script(self) -> str:
+        run = f"{self.pilot_command}\n{self.after_pilot}\n" if self.after_pilot else f"exec {self.pilot_command}\n"
         return ("#!/bin/bash\n"
                 "#SBATCH -o {accessPoint}/slurm-%j.out\n"
                 "#SBATCH -J hv-{workerID}\n"
                 "export HARVESTER_ID={harvesterID} HARVESTER_WORKER_ID={workerID} PANDA_QUEUE={computingSite}\n"
                 "export HARVESTER_ACCESS_POINT={accessPoint}\n"
-                f"exec {self.pilot_command}\n")
+                + run)
 
 
 def set_ini(text: str, section: str, values: dict[str, Optional[str]]) -> str:
@@ -219,8 +227,25 @@ class HarvesterFactory:
 
     def workers(self) -> list[dict]:
         """Harvester's worker table (SQLite)."""
+        return self._select("SELECT * FROM work_table")
+
+    def worker_of(self, panda_id: int) -> Optional[dict]:
+        """The worker Harvester gave the job to (its job-worker table), or None."""
+        rows = self._select("SELECT w.* FROM work_table w JOIN jw_table r ON r.workerID = w.workerID "
+                            "WHERE r.PandaID = ?", (panda_id,))
+        return rows[0] if rows else None
+
+    def _select(self, query: str, params: tuple = ()) -> list[dict]:
         import sqlite3
 
         with sqlite3.connect(self.root / "harvester.db", timeout=30) as db:
             db.row_factory = sqlite3.Row
-            return [dict(row) for row in db.execute("SELECT * FROM work_table")]
+            return [dict(row) for row in db.execute(query, params)]
+
+    def log_lines(self, agent: str, text: str) -> list[str]:
+        """Lines of an agent's log (panda-<agent>.log) that hold `text`."""
+        try:
+            lines = (self.log_dir / f"panda-{agent}.log").read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return []
+        return [line for line in lines if text in line]
