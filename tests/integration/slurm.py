@@ -154,7 +154,11 @@ PartitionName=ci Nodes=localhost Default=YES MaxTime=INFINITE State=UP
             return ""
 
     def stop(self) -> None:
-        """The daemons we started, by PID: slurmd and slurmctld first, munged last."""
+        """The batch jobs still queued or running on this private Slurm first (a test that failed half-way may
+        leave some: stopping slurmd alone would leave their slurmstepd and pilots behind), then the daemons
+        we started, by PID: slurmd and slurmctld first, munged last."""
+        if "slurmctld" in self.procs and self.procs["slurmctld"].poll() is None:
+            self.cancel_all()
         for name in ("slurmd", "slurmctld", "munged"):
             proc = self.procs.pop(name, None)
             if proc is None or proc.poll() is not None:
@@ -176,6 +180,22 @@ PartitionName=ci Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 
     def scancel(self, job_id: str) -> None:
         subprocess.run(["scancel", job_id], check=True, env=self.env())
+
+    def cancel_all(self, timeout: float = 60) -> None:
+        """Cancel every job this private controller knows (all were submitted by the tests) and wait for
+        them to end: SIGTERM, then SIGKILL after KillWait."""
+        def queued() -> list[str]:
+            out = subprocess.run(["squeue", "--noheader", "--format=%i"], capture_output=True, text=True,
+                                 env=self.env(), timeout=30)
+            return out.stdout.split()
+
+        jobs = queued()
+        if not jobs:
+            return
+        subprocess.run(["scancel", *jobs], env=self.env(), timeout=30)
+        deadline = time.monotonic() + timeout
+        while queued() and time.monotonic() < deadline:
+            time.sleep(0.5)
 
     def finished(self) -> dict[str, SlurmJob]:
         """Jobs Slurm has finished, from its job completion file."""

@@ -112,3 +112,17 @@ def test_a_release_candidate_pilot_takes_only_test_jobs(slurm: SlurmCluster, bun
     assert state["pilotid"].endswith("|RC|0.1.0") and state["batchid"] == batch_id
     assert panda_server.job_state(production)["jobstatus"] == "activated", "no production job for a candidate"
     panda_server.discard_pending_jobs()
+
+
+def test_stopping_the_cluster_first_ends_the_jobs_left_on_it(slurm: SlurmCluster, tmp_path: Path) -> None:
+    """A test that failed half-way may leave batch jobs running: the fixture's stop cancels every job of its
+    private controller before the daemons go, so no slurmstepd or payload outlives the session."""
+    script = tmp_path / "hold.sh"
+    script.write_text(f"#!/bin/bash\necho $$ > {tmp_path}/pid\nexec sleep 300\n")
+    script.chmod(0o755)
+    job_id = slurm.sbatch([str(script)], tmp_path, name="left-behind")
+    wait_for(lambda: slurm.running(job_id) and (tmp_path / "pid").exists(), 60, "the batch job to run")
+    pid = int((tmp_path / "pid").read_text())
+    slurm.cancel_all()
+    assert not slurm.running(job_id)
+    wait_for(lambda: not pids_alive([pid]), 30, "the batch job's process to end")
