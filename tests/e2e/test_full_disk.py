@@ -76,7 +76,11 @@ def test_no_job_is_taken_without_the_space_the_queue_asks_for(site_on_small_disk
     assert (site.jobs / "1.json").exists() and site.history(1) == []
 
 
-READ_ONLY_JOB_DIR = "mount --bind .. .. && mount -o remount,bind,ro .."  # the job dir, from here on
+# The job dir, read-only from here on. Making the bind mount read-only fails with EBUSY while a file is open
+# for writing through it (the pilot saving its journal at that instant): tried again, a bounded number of times.
+READ_ONLY_JOB_DIR = ("mount --bind .. .. && for try in $(seq 200); do "
+                     "mount -o remount,bind,ro .. 2>/dev/null && break; sleep 0.05; done; "
+                     "touch ../probe 2>/dev/null; test ! -e ../probe")
 
 
 def test_a_job_dir_turned_read_only_mid_job_is_in_the_failure_diagnostic(site_on_small_disk: Site) -> None:
