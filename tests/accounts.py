@@ -9,10 +9,13 @@ import datetime
 import os
 import pwd
 import re
+import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import psutil
 
@@ -70,3 +73,14 @@ def make_proxy(dn: str, expired: bool = False) -> str:
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
                                 serialization.NoEncryption())
     return (cert.public_bytes(serialization.Encoding.PEM) + key_pem).decode()
+
+
+@contextmanager
+def passable_dir(prefix: str, mode: int = 0o711) -> Iterator[Path]:
+    """A directory other accounts can pass through (pytest's own temporary dirs are 0700), removed after."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    os.chmod(root, mode)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

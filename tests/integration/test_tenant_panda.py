@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from pilot.errors import ExitCode
-from tests.accounts import made_accounts, make_proxy
+from tests.accounts import made_accounts, make_proxy, passable_dir
 from tests.integration.pandaserver import PandaServer
 from tests.integration.test_pilot_panda import SCOPE, PilotSite
 
@@ -26,11 +24,9 @@ USER_DN = "/DC=org/DC=pandapilot-test/CN=Server Tenant"
 
 @pytest.fixture
 def open_root() -> Iterator[Path]:
-    """A site root the payload's account can traverse (pytest's own tmp dirs are 0700)."""
-    root = Path(tempfile.mkdtemp(prefix="pandapilot-tenant-panda-"))
-    os.chmod(root, 0o755)
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
+    """A site root the payload's account can traverse."""
+    with passable_dir("pandapilot-tenant-panda-", 0o755) as root:
+        yield root
 
 
 def test_a_uid_queue_asks_the_server_for_the_users_proxy_and_retrieves_it(panda_server: PandaServer,

@@ -4,12 +4,10 @@ storage, and a job under another identity with real test accounts (root)."""
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import pytest
 
 from launch.build import build
 from pilot.sitebuilder import Site
-from tests.accounts import account_name
+from tests.accounts import account_name, passable_dir
 from tests.launch.conftest import REPO, node_python
 from tests.servers.common import free_port
 from tests.servers.xrootd import XRootDServer
@@ -179,11 +177,8 @@ def test_the_battery_stages_in_and_out_through_xrootd(xrootd_server: XRootDServe
 # --- a job under another identity (root: real test accounts) ----------------------------------------------
 @pytest.fixture
 def open_dir() -> Iterator[Path]:
-    """A directory other accounts can pass through (pytest's own are closed to them)."""
-    root = Path(tempfile.mkdtemp(prefix="pandapilot-selftest-"))
-    os.chmod(root, 0o711)
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
+    with passable_dir("pandapilot-selftest-") as root:
+        yield root
 
 
 def identity_queue(root: Path, account: str) -> str:
