@@ -33,7 +33,10 @@ class WorkArea:
                 created = True
             except FileExistsError:
                 created = False
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue  # removed by the pilot that made it, between our mkdir and our open: make it anew
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH)
                 if os.path.samestat(os.fstat(fd), os.stat(path)):
